@@ -1,0 +1,120 @@
+"""The inner-loop rule: how (parameters, support set) become adapted parameters.
+
+Every gradient-based algorithm here is one ``InnerRule``: which parameter groups step, with
+which step size (fixed, zero, learned per element or per layer and step), first or second
+order, and how the query losses of the steps are weighted. ``adapt`` is the only inner loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+Params = dict[str, Tensor]
+LEARN_LR = ("none", "element", "layer-step")
+GROUPS = ("body", "head", "colearner")
+
+
+@dataclass(frozen=True)
+class InnerRule:
+    """Data that defines an inner loop.
+
+    steps: gradient steps on the support set (meta-training).
+    lr: the base inner step size α.
+    body_scale, head_scale: multipliers of α for ψ and θ; 0 freezes a group (ANIL, BOIL).
+    first_order: drop the second-order term (FOMAML).
+    learn_lr: ``none`` (fixed α), ``element`` (Meta-SGD: one learned α per parameter
+        element) or ``layer-step`` (MAML++: one learned α per parameter tensor per step).
+    multi_step_loss: MAML++'s per-step query losses, annealed towards the last step over the
+        first ``msl_anneal`` fraction of meta-training.
+    first_order_until: MAML++'s derivative-order annealing: first order for this fraction of
+        meta-training, second order after.
+    """
+
+    steps: int = 1
+    lr: float = 0.01
+    body_scale: float = 1.0
+    head_scale: float = 1.0
+    first_order: bool = False
+    learn_lr: str = "none"
+    multi_step_loss: bool = False
+    msl_anneal: float = 0.0
+    first_order_until: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"inner.steps must be at least 1 (got {self.steps})")
+        if self.learn_lr not in LEARN_LR:
+            raise ValueError(f"inner.learn_lr must be one of {LEARN_LR} (got {self.learn_lr!r})")
+
+    def scale(self, group: str, colearner_adapts: bool) -> float:
+        return {"body": self.body_scale, "head": self.head_scale}.get(
+            group, 1.0 if colearner_adapts else 0.0
+        )
+
+    def init_step_sizes(self, params: Params, colearner_adapts: bool = False) -> Params:
+        """Step sizes for the parameters that adapt; a parameter absent here never moves."""
+        sizes = {}
+        for name, p in params.items():
+            lr = self.lr * self.scale(group_of(name), colearner_adapts)
+            if lr == 0.0:
+                continue
+            if self.learn_lr == "element":
+                sizes[name] = torch.full_like(p.detach(), lr)
+            elif self.learn_lr == "layer-step":
+                sizes[name] = torch.full((self.steps,) + (1,) * p.dim(), lr)
+            else:
+                sizes[name] = torch.tensor(lr)
+        return sizes
+
+    def step_size(self, size: Tensor, step: int) -> Tensor:
+        if self.learn_lr == "layer-step":
+            return size[min(step, size.shape[0] - 1)]
+        return size
+
+    def is_first_order(self, progress: float) -> bool:
+        return self.first_order or progress < self.first_order_until
+
+    def step_weights(self, progress: float, steps: int) -> list[float]:
+        """Weights of the query losses after each of ``steps`` steps (MAML++ MSL)."""
+        if not self.multi_step_loss or steps == 1:
+            return [0.0] * (steps - 1) + [1.0]
+        keep = 1.0 - min(progress / self.msl_anneal, 1.0) if self.msl_anneal > 0 else 0.0
+        early = keep / steps
+        return [early] * (steps - 1) + [1.0 - early * (steps - 1)]
+
+
+def group_of(name: str) -> str:
+    """``model.body.*`` → body, ``model.head.*`` → head, ``colearner.*`` → colearner."""
+    parts = name.split(".")
+    return parts[1] if parts[0] == "model" else parts[0]
+
+
+def adapt(
+    params: Params,
+    sizes: Params,
+    rule: InnerRule,
+    loss_fn: Callable[[Params], Tensor],
+    steps: int,
+    first_order: bool,
+) -> list[Params]:
+    """Take ``steps`` gradient steps on ``loss_fn`` (per-task losses ``[T]``).
+
+    ``params`` carry a leading task dimension, so the gradient of the summed task losses is
+    every task's own gradient at once, whichever strategy runs the forward pass. Returns the
+    parameters after each step (the last is the adapted model). Second order keeps the graph
+    (``create_graph``) so the outer loss differentiates through the steps.
+    """
+    names = list(sizes)
+    trajectory = []
+    for step in range(steps):
+        loss = loss_fn(params).sum()
+        grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=not first_order)
+        params = dict(params)
+        for name, g in zip(names, grads, strict=True):
+            params[name] = params[name] - rule.step_size(sizes[name], step) * g
+        trajectory.append(params)
+    return trajectory

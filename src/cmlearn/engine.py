@@ -1,0 +1,154 @@
+"""The functional core: one meta-objective for every algorithm and co-learner control.
+
+A meta-training step is a pure function of tensors::
+
+    parameters (ψ, θ, ϕ), step sizes, a TaskBatch  ->  outer loss, per-task metrics
+
+Parameters are expanded to a leading task dimension (a free view), so one
+``autograd.grad`` of the summed task losses gives each task its own inner gradient. Only the
+forward pass over tasks depends on the strategy:
+
+- ``batched``: the model takes per-task parameters itself (``TaskLinear``): one kernel per
+  layer for the whole meta-batch; fastest for MLPs.
+- ``vmap``: ``torch.func.vmap`` of ``functional_call`` over tasks; any vmappable model.
+- ``loop``: a Python loop over tasks; needed for BatchNorm with running statistics and the
+  fastest for conv nets on CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call, vmap
+
+from cmlearn.algorithms.rule import InnerRule, Params, adapt, group_of
+from cmlearn.cml import CoLearnerSpec, eval_plan
+from cmlearn.models.cooperative import Cooperative
+from cmlearn.tasks.batch import TaskBatch
+
+STRATEGIES = ("auto", "batched", "vmap", "loop")
+LOSSES = ("mse", "ce")
+
+
+def forward_tasks(
+    net: Cooperative, params: Params, x: Tensor, heads: tuple[str, ...], strategy: str
+) -> tuple[Tensor, ...]:
+    """Run ``net`` for every task: ``params`` and ``x`` both have a leading task dimension."""
+    if strategy == "batched":
+        return functional_call(net, params, (x,), {"heads": heads})
+
+    def one(p: Params, xi: Tensor) -> tuple[Tensor, ...]:
+        return functional_call(net, p, (xi,), {"heads": heads})
+
+    if strategy == "vmap":
+        return vmap(one)(params, x)
+    outs = [one({k: v[i] for k, v in params.items()}, x[i]) for i in range(x.shape[0])]
+    return tuple(torch.stack(o) for o in zip(*outs, strict=True))
+
+
+def task_losses(out: Tensor, y: Tensor, loss: str) -> Tensor:
+    """Mean loss of each task, shape ``[T]``."""
+    if loss == "mse":
+        return (out - y).square().flatten(1).mean(1)
+    if loss == "ce":
+        per = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
+        return per.view(y.shape[0], -1).mean(1)
+    raise ValueError(f"unknown loss {loss!r}; choose from {LOSSES}")
+
+
+def task_accuracy(out: Tensor, y: Tensor) -> Tensor:
+    return (out.argmax(-1) == y).float().flatten(1).mean(1)
+
+
+def expand(params: Params, n_tasks: int) -> Params:
+    return {k: v.expand(n_tasks, *v.shape) for k, v in params.items()}
+
+
+@dataclass
+class Learner:
+    """Everything that is meta-learned, and the data that says how.
+
+    ``net`` holds ψ, θ and (optionally) ϕ; ``step_sizes`` the inner step sizes (learned ones
+    are leaves with ``requires_grad``).
+    """
+
+    net: Cooperative
+    step_sizes: Params
+    rule: InnerRule
+    co: CoLearnerSpec
+    loss: str = "mse"
+    strategy: str = "batched"
+
+    def params(self) -> Params:
+        return dict(self.net.named_parameters())
+
+    def meta_objective(self, batch: TaskBatch, progress: float = 0.0) -> tuple[Tensor, dict]:
+        """Outer loss (mean over tasks) of one meta-batch, plus per-task terms.
+
+        ``progress`` ∈ [0, 1] is the fraction of meta-training done (MAML++ annealing).
+        Returns ``(loss, terms)`` where ``terms`` has the per-task ``meta`` and ``co`` query
+        losses (already weighted over steps) used by the gradient analysis.
+        """
+        rule, co, T = self.rule, self.co, batch.n_tasks
+        params = expand(self.params(), T)
+
+        def support_loss(p: Params) -> Tensor:
+            outs = forward_tasks(self.net, p, batch.support_x, co.heads(inner=True), self.strategy)
+            loss = task_losses(outs[0], batch.support_y, self.loss)
+            if co.adapts:
+                loss = loss + co.gamma * task_losses(outs[1], batch.support_y, self.loss)
+            return loss
+
+        trajectory = adapt(
+            params, self.step_sizes, rule, support_loss, rule.steps, rule.is_first_order(progress)
+        )
+        meta = co_term = torch.zeros((), dtype=batch.query_y.dtype)
+        terms: dict[str, Tensor] = {}
+        for weight, adapted in zip(rule.step_weights(progress, rule.steps), trajectory, strict=True):
+            if weight == 0.0:
+                continue
+            outs = forward_tasks(self.net, adapted, batch.query_x, co.heads(inner=False), self.strategy)
+            meta = meta + weight * task_losses(outs[0], batch.query_y, self.loss)
+            if co.active:
+                co_term = co_term + weight * task_losses(outs[1], batch.query_y, self.loss)
+            if self.loss == "ce":
+                terms["accuracy"] = task_accuracy(outs[0], batch.query_y)
+        terms["meta"] = meta
+        total = meta
+        if co.active:
+            terms["co"] = co_term
+            total = meta + co.gamma * co_term
+        return total.mean(), terms
+
+    def evaluate(self, batch: TaskBatch, mode: str = "cml", steps: int | None = None) -> dict:
+        """Adapt to each test task and score its query set; per-task tensors ``[T]``.
+
+        ``mode`` is one of ``cml`` (the meta-learner alone: MAML's inference), ``cml-dagger``
+        (paper Eq. 9) or ``cml-dagger-code`` (the official code's CML†); see ``cml.py``.
+        """
+        plan = eval_plan(mode)
+        if "co" in (plan.adapt_head, plan.predict_head) and self.net.colearner is None:
+            raise ValueError(f"evaluation mode {mode!r} needs a co-learner; this run has none")
+        T = batch.n_tasks
+        params = expand({k: v.detach().requires_grad_() for k, v in self.params().items()}, T)
+        if plan.body_only:  # Eq. 9: ψ ← ψ − α ∇ψ L(f^c; S), with the base α
+            sizes = {k: torch.tensor(self.rule.lr) for k in params if group_of(k) == "body"}
+            rule = InnerRule(steps=self.rule.steps, lr=self.rule.lr)
+        else:
+            sizes = {k: v.detach() for k, v in self.step_sizes.items() if group_of(k) != "colearner"}
+            rule = self.rule
+
+        def support_loss(p: Params) -> Tensor:
+            (out,) = forward_tasks(self.net, p, batch.support_x, (plan.adapt_head,), self.strategy)
+            return task_losses(out, batch.support_y, self.loss)
+
+        adapted = adapt(params, sizes, rule, support_loss, steps or self.rule.steps, True)[-1]
+        with torch.no_grad():
+            (out,) = forward_tasks(self.net, adapted, batch.query_x, (plan.predict_head,), self.strategy)
+            result = {"loss": task_losses(out, batch.query_y, self.loss)}
+            if self.loss == "ce":
+                result["accuracy"] = task_accuracy(out, batch.query_y)
+        return result

@@ -1,0 +1,46 @@
+"""The sinusoid regression task family of Finn et al. (2017), as used by CML (paper §4.1)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cmlearn import CmlearnError
+from cmlearn.tasks.batch import TaskBatch
+
+
+@dataclass(frozen=True)
+class SinusoidFamily:
+    """y = A sin(x - φ) with A ~ U[amp], φ ~ U[phase], x ~ U[x_range]; loss is MSE."""
+
+    amp: tuple[float, float] = (0.1, 5.0)
+    phase: tuple[float, float] = (0.0, math.pi)
+    x_range: tuple[float, float] = (-5.0, 5.0)
+
+    def sample(self, n_tasks: int, shots: int, queries: int, gen: torch.Generator) -> TaskBatch:
+        """Draw ``n_tasks`` tasks with ``shots`` support and ``queries`` query points each."""
+        if shots <= 0 or queries <= 0 or n_tasks <= 0:
+            raise CmlearnError(
+                f"sinusoid tasks need positive shots, queries and tasks "
+                f"(got shots={shots}, queries={queries}, tasks={n_tasks})"
+            )
+        amp = _uniform(self.amp, (n_tasks, 1, 1), gen)
+        phase = _uniform(self.phase, (n_tasks, 1, 1), gen)
+        x = _uniform(self.x_range, (n_tasks, shots + queries, 1), gen)
+        y = amp * torch.sin(x - phase)
+        info = torch.cat([amp, phase], dim=-1).view(n_tasks, 2)
+        return TaskBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:], info)
+
+    @staticmethod
+    def curve(info: Tensor, x: Tensor) -> Tensor:
+        """Ground-truth values of the tasks described by ``info`` ([T, 2]) at points ``x``."""
+        amp, phase = info[:, 0].view(-1, 1, 1), info[:, 1].view(-1, 1, 1)
+        return amp * torch.sin(x - phase)
+
+
+def _uniform(bounds: tuple[float, float], shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    lo, hi = bounds
+    return torch.rand(shape, generator=gen) * (hi - lo) + lo
