@@ -123,7 +123,10 @@ class Learner:
             total = meta + co.gamma * co_term
         return total.mean(), terms
 
-    def evaluate(self, batch: TaskBatch, mode: str = "cml", steps: int | None = None) -> dict:
+    def evaluate(
+        self, batch: TaskBatch, mode: str = "cml", steps: int | None = None,
+        return_outputs: bool = False,
+    ) -> dict:
         """Adapt to each test task and score its query set; per-task tensors ``[T]``.
 
         ``mode`` is one of ``cml`` (the meta-learner alone: MAML's inference), ``cml-dagger``
@@ -151,4 +154,6 @@ class Learner:
             result = {"loss": task_losses(out, batch.query_y, self.loss)}
             if self.loss == "ce":
                 result["accuracy"] = task_accuracy(out, batch.query_y)
+            if return_outputs:
+                result["output"] = out
         return result

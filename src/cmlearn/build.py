@@ -1,0 +1,89 @@
+"""From a ``Config`` to the objects a run needs: the task source and the learner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cmlearn import CmlearnError
+from cmlearn.cml import CoLearnerSpec
+from cmlearn.config import Config
+from cmlearn.engine import STRATEGIES, Learner
+from cmlearn.models import MLP, Cooperative, build_colearner
+from cmlearn.tasks import SinusoidFamily, TaskBatch
+from cmlearn.tasks.batch import generator, task_seed
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SinusoidSource:
+    """Sinusoid tasks: ``shots`` support points, ``queries`` (train) or ``eval_queries``."""
+
+    shots: int
+    queries: int
+    eval_queries: int
+    family: SinusoidFamily = SinusoidFamily()
+    in_features: int = 1
+    out_features: int = 1
+    loss: str = "mse"
+    metric: str = "mse"  # what evaluation reports; lower is better
+
+    def sample(self, n_tasks: int, gen: torch.Generator, split: str = "train") -> TaskBatch:
+        queries = self.queries if split == "train" else self.eval_queries
+        return self.family.sample(n_tasks, self.shots, queries, gen)
+
+
+def build_source(cfg: Config) -> SinusoidSource:
+    if cfg.task.family != "sinusoid":
+        raise CmlearnError(f"unknown task family {cfg.task.family!r}; available: sinusoid")
+    return SinusoidSource(cfg.task.shots, cfg.task.queries, cfg.task.eval_queries)
+
+
+def build_learner(cfg: Config, source: SinusoidSource) -> Learner:
+    """Model and co-learner initialised from ``train.seed``.
+
+    The co-learner draws from its own seeded stream, so (ψ, θ) start identical with or
+    without it: CML with γ = 0 is then MAML exactly.
+    """
+    if cfg.model.name != "mlp":
+        raise CmlearnError(f"unknown model {cfg.model.name!r}; available: mlp")
+    torch.manual_seed(task_seed(cfg.train.seed, 0))
+    model = MLP(source.in_features, tuple(cfg.model.hidden), source.out_features)
+    spec = CoLearnerSpec(cfg.colearner.mode, cfg.colearner.gamma)
+    colearner = None
+    if spec.active:
+        probe = Cooperative(model, None, cfg.colearner.point)
+        example = source.sample(1, generator(0), "train").support_x[0]
+        shape = probe.features(example).shape[1:]
+        torch.manual_seed(task_seed(cfg.train.seed, 1))
+        colearner = build_colearner(
+            shape, source.out_features, tuple(cfg.colearner.hidden), cfg.colearner.conv_layers,
+            cfg.model.bn,
+        )
+    try:
+        net = Cooperative(model, colearner, cfg.colearner.point)
+    except ValueError as err:
+        raise CmlearnError(str(err)) from None
+    if spec.mode == "random":
+        for p in net.colearner.parameters():
+            p.requires_grad_(False)
+    sizes = cfg.inner.init_step_sizes(dict(net.named_parameters()), spec.adapts)
+    if cfg.inner.learn_lr != "none":
+        sizes = {k: v.requires_grad_() for k, v in sizes.items()}
+    return Learner(net, sizes, cfg.inner, spec, source.loss, resolve_strategy(cfg, net))
+
+
+def resolve_strategy(cfg: Config, net: Cooperative) -> str:
+    """``auto`` picks the measured winner: batched for MLPs, loop for conv nets on CPU."""
+    strategy = cfg.model.strategy
+    if strategy not in STRATEGIES:
+        raise CmlearnError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    if strategy == "auto":
+        strategy = "batched" if net.task_batched else "loop"
+    if strategy == "batched" and not net.task_batched:
+        raise CmlearnError("strategy 'batched' needs a model built from TaskLinear layers")
+    if cfg.model.bn == "running" and strategy != "loop":
+        raise CmlearnError("BatchNorm running statistics need model.strategy=loop")
+    return strategy

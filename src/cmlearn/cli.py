@@ -1,0 +1,225 @@
+"""``cmlearn``: demo | train | eval | compare | presets | bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cmlearn import CmlearnError
+from cmlearn.algorithms import ALGORITHMS
+from cmlearn.cml import CO_MODES, EVAL_MODES
+from cmlearn.config import Config
+
+DEMO_PRESET = "sinusoid-5shot-cpu"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad input on one line (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise CmlearnError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="cmlearn", description="Cooperative Meta-Learning (CML) on torch.func")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="train MAML and CML on the sinusoid CPU preset, compare")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--steps", type=int)
+    demo.add_argument("--quiet", action="store_true")
+
+    tr = sub.add_parser("train", help="meta-train one run")
+    tr.add_argument("--preset")
+    tr.add_argument("--algorithm", choices=list(ALGORITHMS))
+    tr.add_argument("--colearner", choices=list(CO_MODES))
+    tr.add_argument("--steps", type=int)
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--out", type=Path)
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.add_argument("--quiet", action="store_true")
+
+    ev = sub.add_parser("eval", help="evaluate a run on its seeded test tasks")
+    ev.add_argument("run", type=Path)
+    ev.add_argument("--mode", choices=list(EVAL_MODES), default="cml")
+    ev.add_argument("--tasks", type=int)
+    ev.add_argument("--steps", type=int, help="inner steps at test time")
+    ev.add_argument("--json", action="store_true")
+
+    cp = sub.add_parser("compare", help="train and compare methods on the same test tasks")
+    cp.add_argument("--preset", required=True)
+    cp.add_argument("--methods", required=True, help="e.g. maml,cml,anil,anil+cml")
+    cp.add_argument("--seeds", default="0")
+    cp.add_argument("--steps", type=int)
+    cp.add_argument("--tasks", type=int)
+    cp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cp.add_argument("--out", type=Path)
+    cp.add_argument("--json", action="store_true")
+    cp.add_argument("--quiet", action="store_true")
+
+    sub.add_parser("presets", help="list the presets")
+    bench = sub.add_parser("bench", help="speed and memory benchmarks (ratios to a reference)")
+    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--quick", action="store_true")
+    bench.add_argument("--repeats", type=int, default=5)
+    return p
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise CmlearnError(f"{name} must be positive (got {value})")
+
+
+def _preset_config(name: str, steps: int | None, tasks: int | None, overrides: list[str]) -> Config:
+    from cmlearn.presets import get_preset
+
+    _positive("--steps", steps)
+    _positive("--tasks", tasks)
+    cfg = get_preset(name)
+    sets = list(overrides)
+    if steps is not None:
+        sets.insert(0, f"train.steps={steps}")
+    if tasks is not None:
+        sets.insert(0, f"eval.tasks={tasks}")
+    return cfg.override(sets).validate()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cmlearn.train import CONFIG, train
+
+    if args.resume:
+        if args.out is None:
+            raise CmlearnError("--resume needs --out RUN_DIR")
+        if not (args.out / CONFIG).exists():
+            raise CmlearnError(f"no run to resume in {args.out}")
+        cfg = Config.from_dict(json.loads((args.out / CONFIG).read_text()))
+        _positive("--steps", args.steps)
+        cfg = cfg.override(([f"train.steps={args.steps}"] if args.steps else []) + args.overrides)
+    else:
+        if args.preset is None:
+            raise CmlearnError("train needs --preset NAME (or --out RUN_DIR --resume)")
+        cfg = _preset_config(args.preset, args.steps, None, [])
+        if args.algorithm:
+            cfg = cfg.with_algorithm(args.algorithm)
+        sets = [f"colearner.mode={args.colearner}"] if args.colearner else []
+        sets += [f"train.seed={args.seed}"] if args.seed is not None else []
+        cfg = cfg.override(sets + args.overrides).validate()
+    out = args.out or Path("runs") / (
+        f"{cfg.preset}-{cfg.algorithm}-{cfg.colearner.mode}-s{cfg.train.seed}"
+    )
+    summary = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cmlearn.build import build_source
+    from cmlearn.evaluate import TEST, fixed_tasks, scores, summarize
+    from cmlearn.train import load_run
+
+    _positive("--tasks", args.tasks)
+    _positive("--steps", args.steps)
+    if not args.run.is_dir():
+        raise CmlearnError(f"run folder {args.run} does not exist")
+    cfg, learner = load_run(args.run)
+    n = args.tasks or cfg.eval.tasks
+    if n < 2:
+        raise CmlearnError("--tasks must be at least 2 for a confidence interval")
+    if args.mode != "cml" and learner.net.colearner is None:
+        raise CmlearnError(f"--mode {args.mode} needs a run trained with a co-learner")
+    source = build_source(cfg)
+    tasks = fixed_tasks(source, n, cfg.eval.seed, TEST, "test", cfg.eval.chunk)
+    steps = args.steps or cfg.eval.steps
+    result = {"run": str(args.run), "mode": args.mode, "metric": source.metric,
+              **summarize(scores(learner, tasks, source.metric, args.mode, steps)),
+              "steps": steps or cfg.inner.steps, "eval_seed": cfg.eval.seed}
+    result["n_tasks"] = result.pop("n")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.run} [{args.mode}]: test {source.metric} {result['mean']:.4f} ± "
+              f"{result['ci95']:.4f} (95% CI, {n} tasks, eval seed {cfg.eval.seed})")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cmlearn.compare import compare, format_table
+
+    cfg = _preset_config(args.preset, args.steps, args.tasks, args.overrides)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise CmlearnError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
+    if not seeds:
+        raise CmlearnError("--seeds is empty")
+    out = args.out or Path("runs") / f"compare-{args.preset}"
+    report = compare(cfg, args.methods.split(","), seeds, out, progress=not args.quiet)
+    (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report) if args.json else format_table(report))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cmlearn.build import build_source
+    from cmlearn.compare import compare, format_table
+    from cmlearn.evaluate import TEST, fixed_tasks
+    from cmlearn.plots import learning_curves, sinusoid_fits
+    from cmlearn.train import load_run
+
+    cfg = _preset_config(DEMO_PRESET, args.steps, None, [])
+    print(f"cmlearn demo: meta-training MAML and CML on {DEMO_PRESET} "
+          f"({cfg.train.steps} meta-iterations each), then testing both on the same "
+          f"{cfg.eval.tasks} tasks", flush=True)
+    report = compare(cfg, ["maml", "cml"], [cfg.train.seed], args.out, progress=not args.quiet)
+    (args.out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(format_table(report))
+    runs = report["runs"]
+    learners = {name.rsplit("-s", 1)[0].upper(): load_run(Path(run))[1] for name, run in runs.items()}
+    tasks = fixed_tasks(build_source(cfg), 3, cfg.eval.seed, TEST, "test")[0]
+    fig2 = sinusoid_fits(learners, tasks, args.out / "fig2_sinusoid.png", cfg.eval.steps)
+    curves = learning_curves({k: Path(v) for k, v in runs.items()}, args.out / "learning_curves.png")
+    print(f"plots: {fig2}, {curves}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from cmlearn.presets import describe
+
+    for name, text in describe():
+        print(f"{name:<24}{text}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from cmlearn import bench
+
+    argv = (["--json"] if args.json else []) + (["--quick"] if args.quick else [])
+    return bench.main(argv + ["--repeats", str(args.repeats)]) or 0
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare,
+            "presets": cmd_presets, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cmlearn.train import Interrupted
+
+    try:
+        args = _parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except Interrupted as err:
+        print(f"cmlearn: {err}", file=sys.stderr)
+        return 130
+    except CmlearnError as err:
+        print(f"cmlearn: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cmlearn: aborted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
