@@ -31,5 +31,9 @@ def gradient_split(
     for layer, (m, c) in layers.items():
         vm, vc = torch.cat(m), torch.cat(c)
         cos = torch.nn.functional.cosine_similarity(vm, vc, dim=0, eps=1e-12)
-        out[layer] = {"meta_norm": vm.norm().item(), "co_norm": vc.norm().item(), "cosine": cos.item()}
+        out[layer] = {
+            "meta_norm": vm.norm().item(),
+            "co_norm": vc.norm().item(),
+            "cosine": cos.item(),
+        }
     return out

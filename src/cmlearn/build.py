@@ -59,7 +59,10 @@ def build_learner(cfg: Config, source: SinusoidSource) -> Learner:
         shape = probe.features(example).shape[1:]
         torch.manual_seed(task_seed(cfg.train.seed, 1))
         colearner = build_colearner(
-            shape, source.out_features, tuple(cfg.colearner.hidden), cfg.colearner.conv_layers,
+            shape,
+            source.out_features,
+            tuple(cfg.colearner.hidden),
+            cfg.colearner.conv_layers,
             cfg.model.bn,
         )
     try:

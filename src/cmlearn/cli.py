@@ -133,15 +133,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     source = build_source(cfg)
     tasks = fixed_tasks(source, n, cfg.eval.seed, TEST, "test", cfg.eval.chunk)
     steps = args.steps or cfg.eval.steps
-    result = {"run": str(args.run), "mode": args.mode, "metric": source.metric,
-              **summarize(scores(learner, tasks, source.metric, args.mode, steps)),
-              "steps": steps or cfg.inner.steps, "eval_seed": cfg.eval.seed}
+    result = {
+        "run": str(args.run),
+        "mode": args.mode,
+        "metric": source.metric,
+        **summarize(scores(learner, tasks, source.metric, args.mode, steps)),
+        "steps": steps or cfg.inner.steps,
+        "eval_seed": cfg.eval.seed,
+    }
     result["n_tasks"] = result.pop("n")
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{args.run} [{args.mode}]: test {source.metric} {result['mean']:.4f} ± "
-              f"{result['ci95']:.4f} (95% CI, {n} tasks, eval seed {cfg.eval.seed})")
+        print(
+            f"{args.run} [{args.mode}]: test {source.metric} {result['mean']:.4f} ± "
+            f"{result['ci95']:.4f} (95% CI, {n} tasks, eval seed {cfg.eval.seed})"
+        )
     return 0
 
 
@@ -152,7 +159,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
-        raise CmlearnError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
+        raise CmlearnError(
+            f"--seeds expects comma-separated integers, got {args.seeds!r}"
+        ) from None
     if not seeds:
         raise CmlearnError("--seeds is empty")
     out = args.out or Path("runs") / f"compare-{args.preset}"
@@ -170,17 +179,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from cmlearn.train import load_run
 
     cfg = _preset_config(DEMO_PRESET, args.steps, None, [])
-    print(f"cmlearn demo: meta-training MAML and CML on {DEMO_PRESET} "
-          f"({cfg.train.steps} meta-iterations each), then testing both on the same "
-          f"{cfg.eval.tasks} tasks", flush=True)
+    print(
+        f"cmlearn demo: meta-training MAML and CML on {DEMO_PRESET} "
+        f"({cfg.train.steps} meta-iterations each), then testing both on the same "
+        f"{cfg.eval.tasks} tasks",
+        flush=True,
+    )
     report = compare(cfg, ["maml", "cml"], [cfg.train.seed], args.out, progress=not args.quiet)
     (args.out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
     runs = report["runs"]
-    learners = {name.rsplit("-s", 1)[0].upper(): load_run(Path(run))[1] for name, run in runs.items()}
+    learners = {
+        name.rsplit("-s", 1)[0].upper(): load_run(Path(run))[1] for name, run in runs.items()
+    }
     tasks = fixed_tasks(build_source(cfg), 3, cfg.eval.seed, TEST, "test")[0]
     fig2 = sinusoid_fits(learners, tasks, args.out / "fig2_sinusoid.png", cfg.eval.steps)
-    curves = learning_curves({k: Path(v) for k, v in runs.items()}, args.out / "learning_curves.png")
+    curves = learning_curves(
+        {k: Path(v) for k, v in runs.items()}, args.out / "learning_curves.png"
+    )
     print(f"plots: {fig2}, {curves}")
     return 0
 
@@ -200,8 +216,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(argv + ["--repeats", str(args.repeats)]) or 0
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "eval": cmd_eval, "compare": cmd_compare,
-            "presets": cmd_presets, "bench": cmd_bench}
+COMMANDS = {
+    "demo": cmd_demo,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "compare": cmd_compare,
+    "presets": cmd_presets,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

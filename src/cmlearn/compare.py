@@ -81,20 +81,34 @@ def compare(
             _, learner = load_run(run)
             values = scores(learner, tasks, source.metric, "cml", base.eval.steps)
             per_task.setdefault(method.name, []).append(values)
-            results.append({"method": method.name, "seed": seed, "metric": source.metric,
-                            **summarize(values), "run": str(run)})
+            results.append(
+                {
+                    "method": method.name,
+                    "seed": seed,
+                    "metric": source.metric,
+                    **summarize(values),
+                    "run": str(run),
+                }
+            )
     first = parsed[0].name
     summary, pairs = [], []
     for method in parsed:
         stack = np.stack(per_task[method.name])  # [seeds, tasks]
-        row = {"method": method.name, "metric": source.metric, "seeds": len(seeds),
-               **summarize(stack.mean(0))}
+        row = {
+            "method": method.name,
+            "metric": source.metric,
+            "seeds": len(seeds),
+            **summarize(stack.mean(0)),
+        }
         row["seed_ci95"] = summarize(stack.mean(1))["ci95"]
         summary.append(row)
         if method.name != first:
             baseline = np.stack(per_task[first])
-            pair = {"method": method.name, "baseline": first,
-                    **paired(stack.mean(0), baseline.mean(0))}
+            pair = {
+                "method": method.name,
+                "baseline": first,
+                **paired(stack.mean(0), baseline.mean(0)),
+            }
             pair["seed_ci95"] = summarize(stack.mean(1) - baseline.mean(1))["ci95"]
             pairs.append(pair)
     return {
@@ -125,6 +139,7 @@ def format_table(report: dict) -> str:
         dtext = f"{delta['mean']:+.4f} ± {delta['ci95']:.4f}" if delta else "—"
         seed = row["seed_ci95"]
         stext = "—" if np.isnan(seed) else f"{seed:.4f}"
-        lines.append(f"{row['method']:<16}{row['mean']:>16.4f} ± {row['ci95']:<7.4f}"
-                     f"{dtext:>30}{stext:>16}")
+        lines.append(
+            f"{row['method']:<16}{row['mean']:>16.4f} ± {row['ci95']:<7.4f}{dtext:>30}{stext:>16}"
+        )
     return "\n".join(lines)

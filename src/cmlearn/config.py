@@ -183,4 +183,6 @@ def _coerce(value: Any, current: Any, key: str) -> Any:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise CmlearnError(f"bad value {value!r} for {key} (expected {type(current).__name__})") from None
+        raise CmlearnError(
+            f"bad value {value!r} for {key} (expected {type(current).__name__})"
+        ) from None

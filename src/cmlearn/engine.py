@@ -107,10 +107,14 @@ class Learner:
         )
         meta = co_term = torch.zeros((), dtype=batch.query_y.dtype)
         terms: dict[str, Tensor] = {}
-        for weight, adapted in zip(rule.step_weights(progress, rule.steps), trajectory, strict=True):
+        for weight, adapted in zip(
+            rule.step_weights(progress, rule.steps), trajectory, strict=True
+        ):
             if weight == 0.0:
                 continue
-            outs = forward_tasks(self.net, adapted, batch.query_x, co.heads(inner=False), self.strategy)
+            outs = forward_tasks(
+                self.net, adapted, batch.query_x, co.heads(inner=False), self.strategy
+            )
             meta = meta + weight * task_losses(outs[0], batch.query_y, self.loss)
             if co.active:
                 co_term = co_term + weight * task_losses(outs[1], batch.query_y, self.loss)
@@ -124,7 +128,10 @@ class Learner:
         return total.mean(), terms
 
     def evaluate(
-        self, batch: TaskBatch, mode: str = "cml", steps: int | None = None,
+        self,
+        batch: TaskBatch,
+        mode: str = "cml",
+        steps: int | None = None,
         return_outputs: bool = False,
     ) -> dict:
         """Adapt to each test task and score its query set; per-task tensors ``[T]``.
@@ -141,7 +148,9 @@ class Learner:
             sizes = {k: torch.tensor(self.rule.lr) for k in params if group_of(k) == "body"}
             rule = InnerRule(steps=self.rule.steps, lr=self.rule.lr)
         else:
-            sizes = {k: v.detach() for k, v in self.step_sizes.items() if group_of(k) != "colearner"}
+            sizes = {
+                k: v.detach() for k, v in self.step_sizes.items() if group_of(k) != "colearner"
+            }
             rule = self.rule
 
         def support_loss(p: Params) -> Tensor:
@@ -150,7 +159,9 @@ class Learner:
 
         adapted = adapt(params, sizes, rule, support_loss, steps or self.rule.steps, True)[-1]
         with torch.no_grad():
-            (out,) = forward_tasks(self.net, adapted, batch.query_x, (plan.predict_head,), self.strategy)
+            (out,) = forward_tasks(
+                self.net, adapted, batch.query_x, (plan.predict_head,), self.strategy
+            )
             result = {"loss": task_losses(out, batch.query_y, self.loss)}
             if self.loss == "ce":
                 result["accuracy"] = task_accuracy(out, batch.query_y)

@@ -21,13 +21,19 @@ def sinusoid_fits(
     """For each task: ground truth, the K support points and each method's adapted fit."""
     n = tasks.n_tasks
     x = torch.linspace(-5, 5, grid).view(1, grid, 1).expand(n, grid, 1)
-    dense = TaskBatch(tasks.support_x, tasks.support_y, x, SinusoidFamily.curve(tasks.info, x),
-                      tasks.info)
+    dense = TaskBatch(
+        tasks.support_x, tasks.support_y, x, SinusoidFamily.curve(tasks.info, x), tasks.info
+    )
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False)
     for i, ax in enumerate(axes[0]):
         ax.plot(x[i, :, 0], dense.query_y[i, :, 0], color="black", lw=2, label="ground truth")
-        ax.scatter(tasks.support_x[i, :, 0], tasks.support_y[i, :, 0], color="tab:red", zorder=5,
-                   label=f"{tasks.support_x.shape[1]} support points")
+        ax.scatter(
+            tasks.support_x[i, :, 0],
+            tasks.support_y[i, :, 0],
+            color="tab:red",
+            zorder=5,
+            label=f"{tasks.support_x.shape[1]} support points",
+        )
         for name, learner in learners.items():
             pred = predictions(learner, dense, steps)
             ax.plot(x[i, :, 0], pred[i, :, 0], lw=1.5, ls="--", label=name)
@@ -50,7 +56,9 @@ def learning_curves(runs: dict[str, Path], path: Path) -> Path:
     """Training loss and validation metric against meta-iterations, one line per run."""
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
     for name, run in runs.items():
-        records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+        records = [
+            json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()
+        ]
         train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
         val_key = next((k for r in records for k in r if k.startswith("val_")), None)
         if train:

@@ -35,7 +35,11 @@ from cmlearn.evaluate import VAL, fixed_tasks, scores
 from cmlearn.tasks.batch import generator
 
 CONFIG, METRICS, CHECKPOINT, MODEL, COLEARNER = (
-    "config.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "colearner.pt"
+    "config.json",
+    "metrics.jsonl",
+    "checkpoint.pt",
+    "model.pt",
+    "colearner.pt",
 )
 
 
@@ -65,11 +69,15 @@ class RunState:
 def make_optimizer(learner: Learner, cfg: Config) -> torch.optim.Adam:
     """ψ, θ and learned step sizes at β; ϕ in its own param group (its own lr if set)."""
     net = learner.net
-    main = list(net.model.parameters()) + [s for s in learner.step_sizes.values() if s.requires_grad]
+    main = list(net.model.parameters()) + [
+        s for s in learner.step_sizes.values() if s.requires_grad
+    ]
     groups = [{"params": main, "lr": cfg.train.meta_lr, "name": "meta"}]
     if learner.co.trained:
         co_lr = cfg.train.colearner_lr or cfg.train.meta_lr
-        groups.append({"params": list(net.colearner.parameters()), "lr": co_lr, "name": "colearner"})
+        groups.append(
+            {"params": list(net.colearner.parameters()), "lr": co_lr, "name": "colearner"}
+        )
     return torch.optim.Adam(groups)
 
 
@@ -79,8 +87,9 @@ def inference_state(learner: Learner, cfg: Config, step: int) -> dict:
         "config": cfg.to_dict(),
         "step": step,
         "model": learner.net.model.state_dict(),
-        "step_sizes": {k: v.detach() for k, v in learner.step_sizes.items()
-                       if not k.startswith("colearner.")},
+        "step_sizes": {
+            k: v.detach() for k, v in learner.step_sizes.items() if not k.startswith("colearner.")
+        },
     }
 
 
@@ -119,10 +128,16 @@ def train(
     better = (lambda a, b: a < b) if lower_is_better(source.metric) else (lambda a, b: a > b)
     total = cfg.train.steps
     stop = _StopFlag()
-    bar = tqdm(total=total, initial=state.step, disable=not progress, dynamic_ncols=True,
-               desc=f"{cfg.algorithm}+{cfg.colearner.mode}")
+    bar = tqdm(
+        total=total,
+        initial=state.step,
+        disable=not progress,
+        dynamic_ncols=True,
+        desc=f"{cfg.algorithm}+{cfg.colearner.mode}",
+    )
     started = time.perf_counter()
     with stop, open(out / METRICS, "a") as log:
+
         def emit(record: dict) -> None:
             log.write(json.dumps(record) + "\n")
             log.flush()
@@ -138,9 +153,14 @@ def train(
                     f"(step {state.best_step}) and the last checkpoint are kept in {out}"
                 )
             optimizer.zero_grad(set_to_none=True)
-            if cfg.train.analysis_every and step % cfg.train.analysis_every == 0 and learner.co.active:
-                split = gradient_split(learner.params(), terms["meta"].mean(),
-                                       learner.co.gamma * terms["co"].mean())
+            if (
+                cfg.train.analysis_every
+                and step % cfg.train.analysis_every == 0
+                and learner.co.active
+            ):
+                split = gradient_split(
+                    learner.params(), terms["meta"].mean(), learner.co.gamma * terms["co"].mean()
+                )
                 emit({"step": step, "gradients": split})
             loss.backward()
             optimizer.step()
@@ -206,12 +226,14 @@ def load_run(run: Path, checkpoint: str = MODEL) -> tuple[Config, Learner]:
 def _save_best(learner: Learner, cfg: Config, out: Path, step: int) -> None:
     atomic_save(inference_state(learner, cfg, step), out / MODEL)
     if learner.net.colearner is not None:
-        atomic_save({"step": step, "colearner": learner.net.colearner.state_dict()},
-                    out / COLEARNER)
+        atomic_save(
+            {"step": step, "colearner": learner.net.colearner.state_dict()}, out / COLEARNER
+        )
 
 
-def _checkpoint(learner: Learner, optimizer: torch.optim.Optimizer, state: RunState,
-                cfg: Config) -> dict:
+def _checkpoint(
+    learner: Learner, optimizer: torch.optim.Optimizer, state: RunState, cfg: Config
+) -> dict:
     return {
         "config": cfg.to_dict(),
         "state": vars(state),
@@ -239,8 +261,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop records written after the checkpoint, so a resumed log has no duplicates."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step]
+    keep = [
+        line
+        for line in path.read_text().splitlines()
+        if line.strip() and json.loads(line)["step"] <= step
+    ]
     path.write_text("".join(line + "\n" for line in keep))
 
 

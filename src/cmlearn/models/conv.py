@@ -46,9 +46,14 @@ class ConvNet(BodyHead):
         bn: str = "transductive",
     ) -> None:
         body = OrderedDict(
-            (f"conv{i + 1}", conv_block(in_channels if i == 0 else channels, channels, i < blocks - 1, bn))
+            (
+                f"conv{i + 1}",
+                conv_block(in_channels if i == 0 else channels, channels, i < blocks - 1, bn),
+            )
             for i in range(blocks)
         )
-        side = image_size // 2 ** blocks  # the last pool sits in the head
-        head = nn.Sequential(nn.MaxPool2d(2), nn.Flatten(), nn.Linear(channels * side * side, n_way))
+        side = image_size // 2**blocks  # the last pool sits in the head
+        head = nn.Sequential(
+            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(channels * side * side, n_way)
+        )
         super().__init__(nn.Sequential(body), head)

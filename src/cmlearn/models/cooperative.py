@@ -32,7 +32,9 @@ class Cooperative(nn.Module):
     in order, so a pass that does not need the co-learner never runs it.
     """
 
-    def __init__(self, model: BodyHead, colearner: nn.Module | None = None, point: str = "") -> None:
+    def __init__(
+        self, model: BodyHead, colearner: nn.Module | None = None, point: str = ""
+    ) -> None:
         super().__init__()
         self.model = model
         self.colearner = colearner

@@ -23,4 +23,3 @@ class MLP(BodyHead):
             layers[f"relu{i}"] = nn.ReLU()
             width = h
         super().__init__(nn.Sequential(OrderedDict(layers)), TaskLinear(width, out_features))
-

@@ -1,0 +1,5 @@
+import sys
+
+from cmlearn.cli import main
+
+sys.exit(main())

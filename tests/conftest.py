@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny learners built from the library's own pieces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cmlearn.algorithms import InnerRule, algorithm_rule
+from cmlearn.cml import CoLearnerSpec
+from cmlearn.engine import Learner
+from cmlearn.models import MLP, Cooperative, build_colearner
+from cmlearn.presets import get_preset
+from cmlearn.tasks import SinusoidFamily
+from cmlearn.tasks.batch import generator
+
+
+def make_learner(
+    algorithm: str = "maml",
+    mode: str = "cml",
+    gamma: float = 0.2,
+    strategy: str = "batched",
+    hidden: tuple[int, ...] = (8, 8),
+    steps: int = 1,
+    lr: float = 0.05,
+    seed: int = 0,
+) -> Learner:
+    torch.manual_seed(seed)
+    model = MLP(1, hidden, 1)
+    co = build_colearner((hidden[-1],), 1, (6,)) if mode != "none" else None
+    net = Cooperative(model, co)
+    spec = CoLearnerSpec(mode, gamma)
+    if mode == "random":
+        for p in co.parameters():
+            p.requires_grad_(False)
+    rule = algorithm_rule(algorithm, InnerRule(steps=steps, lr=lr))
+    sizes = rule.init_step_sizes(dict(net.named_parameters()), spec.adapts)
+    if rule.learn_lr != "none":
+        sizes = {k: v.requires_grad_() for k, v in sizes.items()}
+    return Learner(net, sizes, rule, spec, "mse", strategy)
+
+
+def sinusoid_batch(n_tasks: int = 3, shots: int = 5, queries: int = 7, seed: int = 0):
+    return SinusoidFamily().sample(n_tasks, shots, queries, generator(seed, 99))
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def tiny_cfg():
+    """The sinusoid preset shrunk to run in about a second."""
+    return get_preset("sinusoid-5shot-cpu").override(
+        [
+            "train.steps=40",
+            "train.val_every=20",
+            "train.val_tasks=20",
+            "train.log_every=10",
+            "eval.tasks=50",
+            "model.hidden=16,16",
+            "colearner.hidden=8",
+        ]
+    )

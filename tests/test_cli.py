@@ -1,0 +1,198 @@
+"""The command line: the interface the checks use, and clean failures on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cmlearn.cli import main
+
+FAST = [
+    "--set",
+    "model.hidden=16,16",
+    "--set",
+    "colearner.hidden=8",
+    "--set",
+    "train.val_every=10",
+    "--set",
+    "train.val_tasks=20",
+]
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``cmlearn ARGS`` in this process; returns (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
+
+
+def test_the_installed_entry_point_exits_nonzero_on_bad_input():
+    result = subprocess.run(
+        [sys.executable, "-m", "cmlearn", "train", "--preset", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        == "cmlearn: error: unknown preset 'nope'; run 'cmlearn presets' to list them"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--preset", "nope"], "unknown preset"),
+        (["train", "--preset", "sinusoid-5shot-cpu", "--bogus"], "unrecognized arguments"),
+        (["train", "--preset", "sinusoid-5shot-cpu", "--set", "task.shots=0"], "shots"),
+        (["train", "--preset", "sinusoid-5shot-cpu", "--set", "task.shots=-3"], "shots"),
+        (["train", "--preset", "sinusoid-5shot-cpu", "--set", "nokey=1"], "unknown config key"),
+        (["train", "--preset", "sinusoid-5shot-cpu", "--algorithm", "reptile"], "invalid choice"),
+        (["train", "--preset", "sinusoid-5shot-cpu", "--steps", "0"], "--steps"),
+        (["eval", "/no/such/run"], "does not exist"),
+        (
+            ["compare", "--preset", "sinusoid-5shot-cpu", "--methods", "maml,magic"],
+            "unknown method",
+        ),
+        (
+            ["compare", "--preset", "sinusoid-5shot-cpu", "--methods", "maml", "--seeds", "a"],
+            "seeds",
+        ),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_gives_one_line_and_nonzero_exit(cli, args, message):
+    result = cli(*args)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_presets_lists_all(cli):
+    out = cli("presets").stdout
+    for k in (5, 10, 20):
+        assert f"sinusoid-{k}shot " in out and f"sinusoid-{k}shot-cpu" in out
+
+
+def test_train_then_eval_json(cli, tmp_path):
+    run = tmp_path / "run"
+    result = cli(
+        "train",
+        "--preset",
+        "sinusoid-5shot-cpu",
+        "--colearner",
+        "cml",
+        "--steps",
+        "20",
+        "--seed",
+        "3",
+        "--out",
+        str(run),
+        "--quiet",
+        *FAST,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["steps"] == 20
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["seed"] == 3 and config["colearner"]["mode"] == "cml"
+    for mode in ("cml", "cml-dagger", "cml-dagger-code"):
+        out = cli("eval", str(run), "--mode", mode, "--tasks", "30", "--json")
+        assert out.returncode == 0, out.stderr
+        report = json.loads(out.stdout)
+        assert report["n_tasks"] == 30 and report["metric"] == "mse" and report["mode"] == mode
+        assert report["mean"] > 0 and report["ci95"] > 0
+    again = cli("train", "--preset", "sinusoid-5shot-cpu", "--steps", "20", "--out", str(run))
+    assert again.returncode != 0 and "already holds a run" in again.stderr
+    resumed = cli("train", "--out", str(run), "--resume", "--steps", "30", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["steps"] == 30
+
+
+def test_eval_dagger_needs_a_colearner(cli, tmp_path):
+    run = tmp_path / "maml"
+    assert (
+        cli(
+            "train",
+            "--preset",
+            "sinusoid-5shot-cpu",
+            "--steps",
+            "10",
+            "--out",
+            str(run),
+            "--quiet",
+            *FAST,
+        ).returncode
+        == 0
+    )
+    result = cli("eval", str(run), "--mode", "cml-dagger")
+    assert result.returncode != 0 and "co-learner" in result.stderr
+
+
+def test_compare_json_uses_the_same_tasks_for_every_method(cli, tmp_path):
+    result = cli(
+        "compare",
+        "--preset",
+        "sinusoid-5shot-cpu",
+        "--methods",
+        "maml,cml,anil+cml",
+        "--seeds",
+        "0,1",
+        "--steps",
+        "20",
+        "--tasks",
+        "40",
+        "--out",
+        str(tmp_path),
+        "--json",
+        "--quiet",
+        *FAST,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert {(r["method"], r["seed"]) for r in report["results"]} == {
+        (m, s) for m in ("maml", "cml", "anil+cml") for s in (0, 1)
+    }
+    for row in report["results"]:
+        assert {"method", "seed", "metric", "mean", "ci95"} <= row.keys() and row["n"] == 40
+    assert [p["method"] for p in report["paired"]] == ["cml", "anil+cml"]
+    assert all({"mean", "ci95"} <= p.keys() for p in report["paired"])
+    # a second compare reuses the finished runs and reproduces the numbers
+    again = json.loads(
+        cli(
+            "compare",
+            "--preset",
+            "sinusoid-5shot-cpu",
+            "--methods",
+            "maml,cml",
+            "--seeds",
+            "0,1",
+            "--steps",
+            "20",
+            "--tasks",
+            "40",
+            "--out",
+            str(tmp_path),
+            "--json",
+            "--quiet",
+            *FAST,
+        ).stdout
+    )
+    assert again["results"][:4] == report["results"][:4]
+
+
+def test_demo_writes_table_and_plots(cli, tmp_path):
+    result = cli("demo", "--steps", "30", "--out", str(tmp_path / "demo"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "maml" in result.stdout and "cml" in result.stdout and "±" in result.stdout
+    for name in ("fig2_sinusoid.png", "learning_curves.png", "compare.json"):
+        assert (tmp_path / "demo" / name).stat().st_size > 1000

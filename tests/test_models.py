@@ -1,0 +1,141 @@
+"""The engine on a conv net with BatchNorm and on a graph model fed node indices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cmlearn.algorithms import InnerRule
+from cmlearn.cml import CoLearnerSpec
+from cmlearn.engine import Learner
+from cmlearn.models import ConvNet, Cooperative, GraphEncoder, build_colearner, normalized_adjacency
+from cmlearn.models.cooperative import BodyHead
+from cmlearn.tasks import TaskBatch
+
+
+def image_tasks(n_tasks=3, ways=3, shots=2, queries=3, size=8, seed=0) -> TaskBatch:
+    """Synthetic N-way tasks: each class is a random prototype image plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    proto = torch.randn(n_tasks, ways, 1, size, size, generator=g)
+
+    def draw(k):
+        x = proto.unsqueeze(2) + 0.3 * torch.randn(n_tasks, ways, k, 1, size, size, generator=g)
+        y = torch.arange(ways).view(1, ways, 1).expand(n_tasks, ways, k)
+        return x.flatten(1, 2), y.flatten(1)
+
+    return TaskBatch(*draw(shots), *draw(queries))
+
+
+def conv_learner(strategy="loop", bn="transductive", mode="cml", seed=0) -> Learner:
+    torch.manual_seed(seed)
+    model = ConvNet(1, 3, 8, channels=4, blocks=2, bn=bn)
+    shape = Cooperative(model).features(torch.zeros(2, 1, 8, 8)).shape[1:]
+    co = build_colearner(shape, 3, conv_layers=1, bn=bn) if mode != "none" else None
+    net = Cooperative(model, co)
+    rule = InnerRule(steps=1, lr=0.4)
+    return Learner(
+        net,
+        rule.init_step_sizes(dict(net.named_parameters())),
+        rule,
+        CoLearnerSpec(mode, 0.5),
+        "ce",
+        strategy,
+    )
+
+
+def test_conv_bn_strategies_agree():
+    batch = image_tasks()
+    a, b = conv_learner("loop"), conv_learner("vmap")
+    la, ta = a.meta_objective(batch)
+    lb, tb = b.meta_objective(batch)
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)
+    for p, q in zip(a.net.parameters(), b.net.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5)
+    assert ta["accuracy"].shape == (3,)
+
+
+def test_conv_cml_meta_training_learns_synthetic_images():
+    learner = conv_learner()
+    opt = torch.optim.Adam(learner.net.parameters(), lr=3e-3)
+    test = image_tasks(n_tasks=20, seed=123)
+    before = learner.evaluate(test)["accuracy"].mean()
+    for step in range(60):
+        loss, _ = learner.meta_objective(image_tasks(n_tasks=4, seed=step))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = learner.evaluate(test)["accuracy"].mean()
+    assert after > before + 0.1 and after > 0.6
+
+
+def test_transductive_bn_keeps_no_running_statistics():
+    learner = conv_learner(bn="transductive")
+    assert all(
+        len(list(m.buffers())) == 0
+        for m in learner.net.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    )
+
+
+def test_running_bn_updates_buffers_and_changes_eval():
+    learner = conv_learner(bn="running")
+    bn = learner.net.model.body.conv1[1]
+    before = bn.running_mean.clone()
+    learner.meta_objective(image_tasks())[0].backward()
+    assert not torch.equal(before, bn.running_mean)
+    batch = image_tasks(seed=5)
+    learner.net.train()
+    train_mode = learner.evaluate(batch)["loss"]
+    learner.net.eval()
+    eval_mode = learner.evaluate(batch)["loss"]
+    assert not torch.allclose(train_mode, eval_mode)
+
+
+def test_running_bn_requires_the_loop_strategy():
+    from cmlearn import CmlearnError
+    from cmlearn.build import resolve_strategy
+    from cmlearn.presets import get_preset
+
+    cfg = get_preset("sinusoid-5shot-cpu").override(["model.bn=running", "model.strategy=vmap"])
+    with pytest.raises(CmlearnError, match="loop"):
+        resolve_strategy(cfg, conv_learner(bn="running").net)
+
+
+def graph_learner(strategy: str) -> tuple[Learner, TaskBatch]:
+    torch.manual_seed(0)
+    n, f = 30, 6
+    features = torch.randn(n, f)
+    edges = torch.randint(0, n, (2, 80))
+    labels = (features[:, 0] > 0).long()
+    encoder = GraphEncoder(features, normalized_adjacency(edges, n), hidden=8)
+    model = BodyHead(torch.nn.Sequential(encoder), torch.nn.Linear(8, 2))
+    net = Cooperative(model, build_colearner((8,), 2, (8,)))
+    rule = InnerRule(steps=2, lr=0.5)
+    learner = Learner(
+        net,
+        rule.init_step_sizes(dict(net.named_parameters())),
+        rule,
+        CoLearnerSpec("cml", 0.2),
+        "ce",
+        strategy,
+    )
+    g = torch.Generator().manual_seed(1)
+    idx = torch.stack([torch.randperm(n, generator=g)[:10] for _ in range(3)])
+    batch = TaskBatch(idx[:, :4], labels[idx[:, :4]], idx[:, 4:], labels[idx[:, 4:]])
+    return learner, batch
+
+
+def test_graph_model_with_node_index_input():
+    (a, batch), (b, _) = graph_learner("loop"), graph_learner("vmap")
+    la, _ = a.meta_objective(batch)
+    lb, _ = b.meta_objective(batch)
+    la.backward()
+    lb.backward()
+    torch.testing.assert_close(la, lb)
+    for p, q in zip(a.net.parameters(), b.net.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+    assert a.net.model.body[0].lin.weight.grad.abs().sum() > 0
+    # the graph is input, not state: it never enters a checkpoint
+    assert "model.body.0.features" not in a.net.state_dict()

@@ -1,0 +1,99 @@
+"""Reproducibility, exact resume, interruption and divergence handling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmlearn import CmlearnError
+from cmlearn.train import CHECKPOINT, MODEL, Interrupted, train
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _net(run: Path) -> dict:
+    return torch.load(run / CHECKPOINT)["net"]
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    na, nb = _net(a), _net(b)
+    assert na.keys() == nb.keys()
+    for k in na:
+        assert torch.equal(na[k], nb[k]), k
+    assert _records(a) == _records(b)
+    oa = torch.load(a / CHECKPOINT)["optimizer"]["state"]
+    ob = torch.load(b / CHECKPOINT)["optimizer"]["state"]
+    for i in oa:
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(oa[i][key], ob[i][key])
+
+
+@pytest.fixture
+def cml_cfg(tiny_cfg):
+    return tiny_cfg.override(["colearner.mode=cml"])
+
+
+def test_same_seed_gives_identical_metrics(cml_cfg, tmp_path):
+    train(cml_cfg, tmp_path / "a", progress=False)
+    train(cml_cfg, tmp_path / "b", progress=False)
+    _assert_same_run(tmp_path / "a", tmp_path / "b")
+    other = train(cml_cfg.override(["train.seed=1"]), tmp_path / "c", progress=False)
+    assert _records(Path(other["run"])) != _records(tmp_path / "a")
+
+
+def test_train_n_then_resume_n_equals_train_2n(cml_cfg, tmp_path):
+    train(cml_cfg, tmp_path / "full", progress=False)
+    half = cml_cfg.override(["train.steps=20"])
+    train(half, tmp_path / "split", progress=False)
+    train(cml_cfg, tmp_path / "split", resume=True, progress=False)
+    _assert_same_run(tmp_path / "full", tmp_path / "split")
+
+
+def test_interrupted_run_resumes_exactly(cml_cfg, tmp_path):
+    train(cml_cfg, tmp_path / "full", progress=False)
+    with pytest.raises(Interrupted, match="resume"):
+        train(cml_cfg, tmp_path / "cut", progress=False, should_stop=lambda step: step == 27)
+    assert torch.load(tmp_path / "cut" / CHECKPOINT)["state"]["step"] == 27
+    train(cml_cfg, tmp_path / "cut", resume=True, progress=False)
+    _assert_same_run(tmp_path / "full", tmp_path / "cut")
+    assert not list((tmp_path / "cut").glob(".*.tmp")), "atomic writes leave no temp files"
+
+
+def test_existing_run_is_not_overwritten(cml_cfg, tmp_path):
+    train(cml_cfg, tmp_path / "a", progress=False)
+    with pytest.raises(CmlearnError, match="already holds a run"):
+        train(cml_cfg, tmp_path / "a", progress=False)
+    with pytest.raises(CmlearnError, match="no checkpoint"):
+        train(cml_cfg, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_best_checkpoint(cml_cfg, tmp_path, monkeypatch):
+    from cmlearn.engine import Learner
+
+    original = Learner.meta_objective
+    calls = {"n": 0}
+
+    def poisoned(self, batch, progress=0.0):
+        loss, terms = original(self, batch, progress)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] > 25 else loss), terms
+
+    monkeypatch.setattr(Learner, "meta_objective", poisoned)
+    with pytest.raises(CmlearnError, match="loss became nan at step 25"):
+        train(cml_cfg, tmp_path / "run", progress=False)
+    best = torch.load(tmp_path / "run" / MODEL)
+    assert best["step"] == 20
+    assert all(torch.isfinite(v).all() for v in best["model"].values())
+
+
+def test_gradient_analysis_is_logged_on_request(cml_cfg, tmp_path):
+    train(cml_cfg.override(["train.analysis_every=10"]), tmp_path / "a", progress=False)
+    records = [r for r in _records(tmp_path / "a") if "gradients" in r]
+    assert [r["step"] for r in records] == [0, 10, 20, 30]
+    layer = records[0]["gradients"]["fc1"]
+    assert layer["meta_norm"] > 0 and layer["co_norm"] > 0 and -1 <= layer["cosine"] <= 1
