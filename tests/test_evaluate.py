@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cmlearn.build import SinusoidSource
 from cmlearn.evaluate import TEST, VAL, fixed_tasks, paired, summarize
+from cmlearn.tasks import SinusoidSource
 
 
 def test_summary_is_mean_and_t_interval():

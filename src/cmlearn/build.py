@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from cmlearn import CmlearnError
@@ -11,37 +9,17 @@ from cmlearn.cml import CoLearnerSpec
 from cmlearn.config import Config
 from cmlearn.engine import STRATEGIES, Learner
 from cmlearn.models import MLP, Cooperative, build_colearner
-from cmlearn.tasks import SinusoidFamily, TaskBatch
+from cmlearn.tasks import SinusoidSource, TaskSource
 from cmlearn.tasks.batch import generator, task_seed
 
-SPLITS = ("train", "val", "test")
 
-
-@dataclass(frozen=True)
-class SinusoidSource:
-    """Sinusoid tasks: ``shots`` support points, ``queries`` (train) or ``eval_queries``."""
-
-    shots: int
-    queries: int
-    eval_queries: int
-    family: SinusoidFamily = SinusoidFamily()
-    in_features: int = 1
-    out_features: int = 1
-    loss: str = "mse"
-    metric: str = "mse"  # what evaluation reports; lower is better
-
-    def sample(self, n_tasks: int, gen: torch.Generator, split: str = "train") -> TaskBatch:
-        queries = self.queries if split == "train" else self.eval_queries
-        return self.family.sample(n_tasks, self.shots, queries, gen)
-
-
-def build_source(cfg: Config) -> SinusoidSource:
+def build_source(cfg: Config) -> TaskSource:
     if cfg.task.family != "sinusoid":
         raise CmlearnError(f"unknown task family {cfg.task.family!r}; available: sinusoid")
     return SinusoidSource(cfg.task.shots, cfg.task.queries, cfg.task.eval_queries)
 
 
-def build_learner(cfg: Config, source: SinusoidSource) -> Learner:
+def build_learner(cfg: Config, source: TaskSource) -> Learner:
     """Model and co-learner initialised from ``train.seed``.
 
     The co-learner draws from its own seeded stream, so (ψ, θ) start identical with or

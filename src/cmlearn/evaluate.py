@@ -8,16 +8,15 @@ import numpy as np
 import torch
 from scipy import stats
 
-from cmlearn.build import SinusoidSource
 from cmlearn.engine import Learner
-from cmlearn.tasks import TaskBatch
+from cmlearn.tasks import TaskBatch, TaskSource
 from cmlearn.tasks.batch import generator
 
 VAL, TEST = 1, 2  # stream ids: validation and test tasks never share a seed
 
 
 def fixed_tasks(
-    source: SinusoidSource, n_tasks: int, seed: int, stream: int, split: str, chunk: int = 500
+    source: TaskSource, n_tasks: int, seed: int, stream: int, split: str, chunk: int = 500
 ) -> list[TaskBatch]:
     """``n_tasks`` tasks in chunks; chunk ``i`` depends only on ``(seed, stream, i)``.
 

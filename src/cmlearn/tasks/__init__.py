@@ -1,6 +1,6 @@
 """Task batches and task samplers (seeded, reproducible)."""
 
-from cmlearn.tasks.batch import TaskBatch, task_seed
-from cmlearn.tasks.sinusoid import SinusoidFamily
+from cmlearn.tasks.batch import TaskBatch, TaskSource, task_seed
+from cmlearn.tasks.sinusoid import SinusoidFamily, SinusoidSource
 
-__all__ = ["TaskBatch", "SinusoidFamily", "task_seed"]
+__all__ = ["SinusoidFamily", "SinusoidSource", "TaskBatch", "TaskSource", "task_seed"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -57,3 +58,14 @@ def task_seed(*keys: int) -> int:
 
 def generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(task_seed(*keys))
+
+
+class TaskSource(Protocol):
+    """Where tasks come from: a seeded sampler plus what a model needs to know about them."""
+
+    in_features: int
+    out_features: int
+    loss: str  # "mse" or "ce"
+    metric: str  # what evaluation reports: "mse" (lower is better) or "accuracy"
+
+    def sample(self, n_tasks: int, gen: torch.Generator, split: str = "train") -> TaskBatch: ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -39,6 +39,24 @@ class SinusoidFamily:
         """Ground-truth values of the tasks described by ``info`` ([T, 2]) at points ``x``."""
         amp, phase = info[:, 0].view(-1, 1, 1), info[:, 1].view(-1, 1, 1)
         return amp * torch.sin(x - phase)
+
+
+@dataclass(frozen=True)
+class SinusoidSource:
+    """Sinusoid tasks: ``shots`` support points, ``queries`` (train) or ``eval_queries``."""
+
+    shots: int
+    queries: int
+    eval_queries: int
+    family: SinusoidFamily = field(default_factory=SinusoidFamily)
+    in_features: int = 1
+    out_features: int = 1
+    loss: str = "mse"
+    metric: str = "mse"  # what evaluation reports; lower is better
+
+    def sample(self, n_tasks: int, gen: torch.Generator, split: str = "train") -> TaskBatch:
+        queries = self.queries if split == "train" else self.eval_queries
+        return self.family.sample(n_tasks, self.shots, queries, gen)
 
 
 def _uniform(bounds: tuple[float, float], shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
