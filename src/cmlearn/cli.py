@@ -153,8 +153,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from cmlearn.compare import compare, format_table
-
     cfg = _preset_config(args.preset, args.steps, args.tasks, args.overrides)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -165,19 +163,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not seeds:
         raise CmlearnError("--seeds is empty")
     out = args.out or Path("runs") / f"compare-{args.preset}"
-    report = compare(cfg, args.methods.split(","), seeds, out, progress=not args.quiet)
-    (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report) if args.json else format_table(report))
-    return 0
+    return _compare_and_report(cfg, args.methods.split(","), seeds, out, args.quiet, args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from cmlearn.build import build_source
-    from cmlearn.compare import compare, format_table
-    from cmlearn.evaluate import TEST, fixed_tasks
-    from cmlearn.plots import learning_curves, sinusoid_fits
-    from cmlearn.train import load_run
-
     cfg = _preset_config(DEMO_PRESET, args.steps, None, [])
     print(
         f"cmlearn demo: meta-training MAML and CML on {DEMO_PRESET} "
@@ -185,19 +174,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{cfg.eval.tasks} tasks",
         flush=True,
     )
-    report = compare(cfg, ["maml", "cml"], [cfg.train.seed], args.out, progress=not args.quiet)
-    (args.out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(format_table(report))
-    runs = report["runs"]
-    learners = {
-        name.rsplit("-s", 1)[0].upper(): load_run(Path(run))[1] for name, run in runs.items()
-    }
-    tasks = fixed_tasks(build_source(cfg), 3, cfg.eval.seed, TEST, "test")[0]
-    fig2 = sinusoid_fits(learners, tasks, args.out / "fig2_sinusoid.png", cfg.eval.steps)
-    curves = learning_curves(
-        {k: Path(v) for k, v in runs.items()}, args.out / "learning_curves.png"
-    )
-    print(f"plots: {fig2}, {curves}")
+    return _compare_and_report(cfg, ["maml", "cml"], [cfg.train.seed], args.out, args.quiet)
+
+
+def _compare_and_report(
+    cfg: Config, methods: list[str], seeds: list[int], out: Path, quiet: bool, as_json: bool = False
+) -> int:
+    """Train and compare, save ``compare.json``, print the table (or JSON), draw the plots."""
+    from cmlearn.build import build_source
+    from cmlearn.compare import compare, format_table
+    from cmlearn.evaluate import TEST, fixed_tasks
+    from cmlearn.plots import learning_curves, sinusoid_fits
+    from cmlearn.train import load_run
+
+    report = compare(cfg, methods, seeds, out, progress=not quiet)
+    (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report) if as_json else format_table(report))
+    runs = {k: Path(v) for k, v in report["runs"].items()}
+    plots = [learning_curves(runs, out / "learning_curves.png")]
+    if cfg.task.family == "sinusoid":  # the paper's Fig. 2 view, first seed of each method
+        first: dict[str, Path] = {}
+        for key, run in runs.items():
+            first.setdefault(key.rsplit("-s", 1)[0], run)
+        learners = {name.upper(): load_run(run)[1] for name, run in first.items()}
+        tasks = fixed_tasks(build_source(cfg), 3, cfg.eval.seed, TEST, "test")[0]
+        plots.append(sinusoid_fits(learners, tasks, out / "fig2_sinusoid.png", cfg.eval.steps))
+    if not as_json:
+        print("plots: " + ", ".join(str(p) for p in plots))
     return 0
 
 
