@@ -166,6 +166,8 @@ def test_compare_json_uses_the_same_tasks_for_every_method(cli, tmp_path):
         assert {"method", "seed", "metric", "mean", "ci95"} <= row.keys() and row["n"] == 40
     assert [p["method"] for p in report["paired"]] == ["cml", "anil+cml"]
     assert all({"mean", "ci95"} <= p.keys() for p in report["paired"])
+    # anil+cml has no anil run to pair with; cml pairs with its base, maml
+    assert [(p["method"], p["baseline"]) for p in report["paired_base"]] == [("cml", "maml")]
     # a second compare reuses the finished runs and reproduces the numbers
     again = json.loads(
         cli(

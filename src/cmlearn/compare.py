@@ -63,7 +63,8 @@ def compare(
 
     Returns ``results`` (one row per method and seed), ``summary`` (per method: the per-task
     score averaged over seeds, with its CI over tasks, and the CI of the seed means) and
-    ``paired`` (each method minus the first on the same tasks and seeds).
+    ``paired`` (each method minus the first on the same tasks and seeds) and ``paired_base``
+    (each ``algorithm+colearner`` minus its ``algorithm``, when both ran).
     """
     parsed = [Method.parse(m) for m in methods]
     if len({m.name for m in parsed}) != len(parsed):
@@ -90,27 +91,16 @@ def compare(
                     "run": str(run),
                 }
             )
-    first = parsed[0].name
-    summary, pairs = [], []
+    stacks = {name: np.stack(values) for name, values in per_task.items()}  # [seeds, tasks]
+    summary = []
     for method in parsed:
-        stack = np.stack(per_task[method.name])  # [seeds, tasks]
-        row = {
-            "method": method.name,
-            "metric": source.metric,
-            "seeds": len(seeds),
-            **summarize(stack.mean(0)),
-        }
+        stack = stacks[method.name]
+        row = {"method": method.name, "metric": source.metric, "seeds": len(seeds)}
+        row |= summarize(stack.mean(0))
         row["seed_ci95"] = summarize(stack.mean(1))["ci95"]
         summary.append(row)
-        if method.name != first:
-            baseline = np.stack(per_task[first])
-            pair = {
-                "method": method.name,
-                "baseline": first,
-                **paired(stack.mean(0), baseline.mean(0)),
-            }
-            pair["seed_ci95"] = summarize(stack.mean(1) - baseline.mean(1))["ci95"]
-            pairs.append(pair)
+    first = parsed[0].name
+    bases = {m.name: m.algorithm for m in parsed if m.colearner != "none" and m.algorithm in stacks}
     return {
         "preset": base.preset,
         "metric": source.metric,
@@ -119,27 +109,44 @@ def compare(
         "seeds": seeds,
         "results": results,
         "summary": summary,
-        "paired": pairs,
+        "paired": [_paired(stacks, m.name, first) for m in parsed if m.name != first],
+        "paired_base": [_paired(stacks, name, algo) for name, algo in bases.items()],
         "runs": {k: str(v) for k, v in runs.items()},
     }
 
 
+def _paired(stacks: dict[str, np.ndarray], method: str, baseline: str) -> dict:
+    """``method − baseline`` per task (seed-averaged), CI over tasks and over seed means."""
+    a, b = stacks[method], stacks[baseline]
+    out = {"method": method, "baseline": baseline, **paired(a.mean(0), b.mean(0))}
+    out["seed_ci95"] = summarize(a.mean(1) - b.mean(1))["ci95"]
+    return out
+
+
 def format_table(report: dict) -> str:
-    """A plain-text table of a ``compare`` report."""
+    """A plain-text table of a ``compare`` report: ± is a 95% CI over test tasks, [±] over seeds."""
     metric = report["metric"]
+    first = report["summary"][0]["method"]
     lines = [
-        f"preset {report['preset']}: test {metric} on {report['n_tasks']} tasks "
-        f"(eval seed {report['eval_seed']}), seeds {report['seeds']}; mean ± 95% CI over tasks",
-        f"{'method':<16}{metric:>26}{'Δ vs ' + report['summary'][0]['method'] + ' (paired)':>30}"
-        f"{'seed-to-seed ±':>16}",
+        f"preset {report['preset']}: test {metric}, {report['n_tasks']} tasks (eval seed "
+        f"{report['eval_seed']}), seeds {report['seeds']}. ± = 95% CI over tasks, "
+        "[±] = 95% CI over seed means",
+        f"{'method':<14}{metric:>28}{'Δ vs ' + first + ' (paired)':>30}"
+        f"{'Δ vs own base (paired)':>32}",
     ]
-    deltas = {p["method"]: p for p in report["paired"]}
+    vs_first = {p["method"]: p for p in report["paired"]}
+    vs_base = {p["method"]: p for p in report.get("paired_base", [])}
     for row in report["summary"]:
-        delta = deltas.get(row["method"])
-        dtext = f"{delta['mean']:+.4f} ± {delta['ci95']:.4f}" if delta else "—"
-        seed = row["seed_ci95"]
-        stext = "—" if np.isnan(seed) else f"{seed:.4f}"
         lines.append(
-            f"{row['method']:<16}{row['mean']:>16.4f} ± {row['ci95']:<7.4f}{dtext:>30}{stext:>16}"
+            f"{row['method']:<14}{_cell(row, '.4f'):>28}"
+            f"{_cell(vs_first.get(row['method']), '+.4f'):>30}"
+            f"{_cell(vs_base.get(row['method']), '+.4f'):>32}"
         )
     return "\n".join(lines)
+
+
+def _cell(stat: dict | None, fmt: str) -> str:
+    if stat is None:
+        return "—"
+    seed = "" if np.isnan(stat["seed_ci95"]) else f" [±{stat['seed_ci95']:.4f}]"
+    return f"{stat['mean']:{fmt}} ± {stat['ci95']:.4f}{seed}"
