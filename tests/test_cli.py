@@ -198,3 +198,57 @@ def test_demo_writes_table_and_plots(cli, tmp_path):
     assert "maml" in result.stdout and "cml" in result.stdout and "±" in result.stdout
     for name in ("fig2_sinusoid.png", "learning_curves.png", "compare.json"):
         assert (tmp_path / "demo" / name).stat().st_size > 1000
+
+
+def test_ctrl_c_saves_and_the_run_resumes(tmp_path):
+    """A real SIGINT: exit 130 with a resume hint, a checkpoint, and a resumable run."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "cmlearn",
+        "train",
+        "--preset",
+        "sinusoid-5shot-cpu",
+        "--quiet",
+        "--steps",
+        "100000",
+        "--set",
+        "train.val_every=50",
+        "--out",
+        str(run),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "--resume" in err and "Traceback" not in err
+    import torch
+
+    stopped = torch.load(run / "checkpoint.pt")["state"]["step"]
+    assert stopped > 0
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cmlearn",
+            "train",
+            "--out",
+            str(run),
+            "--resume",
+            "--steps",
+            str(stopped + 10),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["steps"] == stopped + 10
