@@ -105,7 +105,6 @@ class Learner:
         trajectory = adapt(
             params, self.step_sizes, rule, support_loss, rule.steps, rule.is_first_order(progress)
         )
-        meta = co_term = torch.zeros((), dtype=batch.query_y.dtype)
         terms: dict[str, Tensor] = {}
         for weight, adapted in zip(
             rule.step_weights(progress, rule.steps), trajectory, strict=True
@@ -115,16 +114,13 @@ class Learner:
             outs = forward_tasks(
                 self.net, adapted, batch.query_x, co.heads(inner=False), self.strategy
             )
-            meta = meta + weight * task_losses(outs[0], batch.query_y, self.loss)
-            if co.active:
-                co_term = co_term + weight * task_losses(outs[1], batch.query_y, self.loss)
+            for key, out in zip(("meta", "co"), outs, strict=False):
+                loss = task_losses(out, batch.query_y, self.loss)
+                loss = loss if weight == 1.0 else weight * loss
+                terms[key] = terms[key] + loss if key in terms else loss
             if self.loss == "ce":
                 terms["accuracy"] = task_accuracy(outs[0], batch.query_y)
-        terms["meta"] = meta
-        total = meta
-        if co.active:
-            terms["co"] = co_term
-            total = meta + co.gamma * co_term
+        total = terms["meta"] + co.gamma * terms["co"] if co.active else terms["meta"]
         return total.mean(), terms
 
     def evaluate(
