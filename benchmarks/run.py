@@ -1,4 +1,5 @@
 """Run the benchmarks from a checkout: ``python benchmarks/run.py [--json] [--quick]``."""
+
 import sys
 from pathlib import Path
 
