@@ -31,6 +31,7 @@ def _sinusoid(shots: int, cpu: bool) -> dict:
             "meta_lr": 1e-3,
             "val_every": 1_000,
             "val_tasks": 200,
+            "threads": 1,  # measured: a second thread slows this MLP (cmlearn bench)
         },
         "eval": {"tasks": 2_000, "seed": 1234},
     }
