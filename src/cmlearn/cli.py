@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--quick", action="store_true")
     bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--threads", default="1,2", help="thread counts to compare, e.g. 1,2")
     return p
 
 
@@ -216,7 +217,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from cmlearn import bench
 
     argv = (["--json"] if args.json else []) + (["--quick"] if args.quick else [])
-    return bench.main(argv + ["--repeats", str(args.repeats)]) or 0
+    _positive("--repeats", args.repeats)
+    return bench.main(argv + ["--repeats", str(args.repeats), "--threads", args.threads]) or 0
 
 
 COMMANDS = {
