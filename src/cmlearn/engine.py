@@ -82,8 +82,15 @@ class Learner:
     loss: str = "mse"
     strategy: str = "batched"
 
-    def params(self) -> Params:
-        return dict(self.net.named_parameters())
+    def params(self, adapted_colearner: bool = True) -> Params:
+        """ψ, θ and ϕ by name. Without ``adapted_colearner`` ϕ is left out: a co-learner that
+        is never adapted is shared by all tasks, so ``functional_call`` uses the module's own
+        parameters (no per-task view, no swap), and gradients reach them directly."""
+        return {
+            k: v
+            for k, v in self.net.named_parameters()
+            if adapted_colearner or not k.startswith("colearner.")
+        }
 
     def meta_objective(self, batch: TaskBatch, progress: float = 0.0) -> tuple[Tensor, dict]:
         """Outer loss (mean over tasks) of one meta-batch, plus per-task terms.
@@ -93,7 +100,7 @@ class Learner:
         losses (already weighted over steps) used by the gradient analysis.
         """
         rule, co, T = self.rule, self.co, batch.n_tasks
-        params = expand(self.params(), T)
+        params = expand(self.params(adapted_colearner=co.adapts), T)
 
         def support_loss(p: Params) -> Tensor:
             outs = forward_tasks(self.net, p, batch.support_x, co.heads(inner=True), self.strategy)
@@ -139,7 +146,8 @@ class Learner:
         if "co" in (plan.adapt_head, plan.predict_head) and self.net.colearner is None:
             raise ValueError(f"evaluation mode {mode!r} needs a co-learner; this run has none")
         T = batch.n_tasks
-        params = expand({k: v.detach().requires_grad_() for k, v in self.params().items()}, T)
+        own = self.params(adapted_colearner=False)  # no evaluation mode adapts ϕ
+        params = expand({k: v.detach().requires_grad_() for k, v in own.items()}, T)
         if plan.body_only:  # Eq. 9: ψ ← ψ − α ∇ψ L(f^c; S), with the base α
             sizes = {k: torch.tensor(self.rule.lr) for k in params if group_of(k) == "body"}
             rule = InnerRule(steps=self.rule.steps, lr=self.rule.lr)
