@@ -220,3 +220,26 @@ def test_ctrl_c_saves_and_the_run_resumes(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["steps"] == stopped + 10
+
+
+@pytest.mark.parametrize(
+    ("damaged", "command", "message"),
+    [
+        ("model.pt", "eval", "corrupt checkpoint"),
+        ("colearner.pt", "eval", "corrupt checkpoint"),
+        ("config.json", "eval", "corrupt"),
+        ("checkpoint.pt", "resume", "corrupt checkpoint"),
+        ("config.json", "resume", "corrupt"),
+    ],
+)
+def test_damaged_run_files_give_one_line_errors(cli, tmp_path, damaged, command, message):
+    run = tmp_path / "run"
+    assert cli("train", "--preset", "sinusoid-5shot-cpu", "--colearner", "cml", "--steps", "10",
+               "--out", str(run), "--quiet", *FAST).returncode == 0  # fmt: skip
+    data = (run / damaged).read_bytes()
+    (run / damaged).write_bytes(data[: len(data) // 3])  # a truncated write
+    args = ["eval", str(run)] if command == "eval" else ["train", "--out", str(run), "--resume"]
+    result = cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr

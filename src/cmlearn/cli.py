@@ -89,14 +89,12 @@ def _preset_config(name: str, steps: int | None, tasks: int | None, overrides: l
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cmlearn.train import CONFIG, train
+    from cmlearn.train import read_config, train
 
     if args.resume:
         if args.out is None:
             raise CmlearnError("--resume needs --out RUN_DIR")
-        if not (args.out / CONFIG).exists():
-            raise CmlearnError(f"no run to resume in {args.out}")
-        cfg = Config.from_dict(json.loads((args.out / CONFIG).read_text()))
+        cfg = read_config(args.out)
         _positive("--steps", args.steps)
         cfg = cfg.override(([f"train.steps={args.steps}"] if args.steps else []) + args.overrides)
     else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from cmlearn.build import build_source
 from cmlearn.cml import CO_MODES
 from cmlearn.config import Config
 from cmlearn.evaluate import TEST, fixed_tasks, paired, scores, summarize
-from cmlearn.train import CHECKPOINT, CONFIG, load_run, train
+from cmlearn.train import CHECKPOINT, load_run, read_config, train
 
 
 @dataclass(frozen=True)
@@ -47,8 +46,7 @@ class Method:
 def run_method(cfg: Config, out: Path, progress: bool) -> Path:
     """Train into ``out``, or reuse / resume a run of the same configuration found there."""
     if (out / CHECKPOINT).exists():
-        saved = Config.from_dict(json.loads((out / CONFIG).read_text()))
-        if saved != cfg:
+        if read_config(out) != cfg:
             raise CmlearnError(f"{out} holds a run with another configuration; use another --out")
         train(cfg, out, resume=True, progress=progress)
     else:

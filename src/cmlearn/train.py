@@ -201,26 +201,48 @@ def train(
     }
 
 
+def read_config(run: Path) -> Config:
+    """The resolved configuration of a run folder; a missing or corrupt one is a clear error."""
+    path = Path(run) / CONFIG
+    if not path.exists():
+        raise CmlearnError(f"{run} is not a run folder (no {CONFIG})")
+    try:
+        return Config.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as err:
+        raise CmlearnError(f"corrupt {path}: {_first_line(err)}") from None
+
+
+def read_state(path: Path) -> dict:
+    """A checkpoint file; a missing, truncated or foreign one is a clear error."""
+    if not path.exists():
+        raise CmlearnError(f"missing {path}")
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # torch.load raises many types for a damaged file
+        raise CmlearnError(f"corrupt checkpoint {path}: {_first_line(err)}") from None
+
+
 def load_run(run: Path, checkpoint: str = MODEL) -> tuple[Config, Learner]:
     """Rebuild a trained learner from a run folder: the best model (and co-learner, if any)."""
     run = Path(run)
-    if not (run / CONFIG).exists() or not (run / checkpoint).exists():
-        raise CmlearnError(f"{run} is not a run folder (no {CONFIG} / {checkpoint})")
+    cfg = read_config(run)
+    learner = build_learner(cfg, build_source(cfg))
+    saved = read_state(run / checkpoint)
+    co = read_state(run / COLEARNER) if learner.net.colearner is not None else None
     try:
-        cfg = Config.from_dict(json.loads((run / CONFIG).read_text()))
-        source = build_source(cfg)
-        learner = build_learner(cfg, source)
-        saved = torch.load(run / checkpoint, weights_only=True)
         learner.net.model.load_state_dict(saved["model"])
         for k, v in saved["step_sizes"].items():
             learner.step_sizes[k].data.copy_(v)
-        if learner.net.colearner is not None and (run / COLEARNER).exists():
-            learner.net.colearner.load_state_dict(
-                torch.load(run / COLEARNER, weights_only=True)["colearner"]
-            )
-    except (OSError, RuntimeError, KeyError, json.JSONDecodeError) as err:
-        raise CmlearnError(f"cannot load run {run}: {str(err).splitlines()[0]}") from None
+        if co is not None:
+            learner.net.colearner.load_state_dict(co["colearner"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise CmlearnError(f"run {run} does not match its config: {_first_line(err)}") from None
     return cfg, learner
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _save_best(learner: Learner, cfg: Config, out: Path, step: int) -> None:
@@ -245,16 +267,17 @@ def _checkpoint(
 
 
 def _load_checkpoint(path: Path, learner: Learner, optimizer: torch.optim.Optimizer) -> RunState:
+    ckpt = read_state(path)
     try:
-        ckpt = torch.load(path, weights_only=True)
         learner.net.load_state_dict(ckpt["net"])
         for k, v in ckpt["step_sizes"].items():
             learner.step_sizes[k].data.copy_(v)
         optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"])
-    except (OSError, RuntimeError, KeyError, ValueError) as err:
-        raise CmlearnError(f"cannot resume from {path}: {str(err).splitlines()[0]}") from None
-    return RunState(**ckpt["state"])
+        state = RunState(**ckpt["state"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        raise CmlearnError(f"cannot resume from {path}: {_first_line(err)}") from None
+    return state
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
