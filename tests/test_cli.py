@@ -243,3 +243,54 @@ def test_damaged_run_files_give_one_line_errors(cli, tmp_path, damaged, command,
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "inner.lr=0"], "inner.lr"),
+        (["--set", "model.hidden=[]"], "model.hidden"),
+        (["--set", "model.hidden=0"], "model.hidden"),
+        (["--colearner", "cml", "--set", "colearner.hidden=0"], "colearner.hidden"),
+        (["--colearner", "cml", "--set", "colearner.point=nope"], "feature point"),
+        (["--set", "train.log_every=0"], "log_every"),
+        (["--set", "train.threads=-1"], "threads"),
+        (["--set", "train.meta_lr=-1"], "meta_lr"),
+        (["--set", "eval.steps=-1"], "eval.steps"),
+        (["--set", "model.bn=foo"], "model.bn"),
+        (["--set", "algorithm=foo"], "unknown algorithm"),
+    ],
+)
+def test_bad_settings_are_rejected_before_training(cli, tmp_path, args, message):
+    result = cli("train", "--preset", "sinusoid-5shot-cpu", "--steps", "5", "--out",
+                 str(tmp_path / "r"), *args)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_set_algorithm_changes_the_inner_rule(cli, tmp_path):
+    run = tmp_path / "r"
+    result = cli("train", "--preset", "sinusoid-5shot-cpu", "--steps", "5", "--out", str(run),
+                 "--quiet", "--set", "algorithm=anil", *FAST)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert config["algorithm"] == "anil" and config["inner"]["body_scale"] == 0.0
+
+
+def test_resume_takes_only_steps(cli, tmp_path):
+    run = tmp_path / "r"
+    assert cli("train", "--preset", "sinusoid-5shot-cpu", "--steps", "20", "--out", str(run),
+               "--quiet", *FAST).returncode == 0  # fmt: skip
+    for extra in (["--seed", "3"], ["--algorithm", "anil"], ["--set", "train.seed=9"]):
+        result = cli("train", "--out", str(run), "--resume", *extra)
+        assert result.returncode == 2 and "only --steps" in result.stderr
+    fewer = cli("train", "--out", str(run), "--resume", "--steps", "10")
+    assert fewer.returncode == 2 and "already at step 20" in fewer.stderr
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 20
+
+
+def test_compare_rejects_the_same_method_twice(cli, tmp_path):
+    result = cli("compare", "--preset", "sinusoid-5shot-cpu", "--methods", "cml,maml+cml",
+                 "--out", str(tmp_path))  # fmt: skip
+    assert result.returncode == 2 and "once" in result.stderr

@@ -176,3 +176,16 @@ def test_cml_dagger_adapts_the_body_only_with_the_colearner_loss():
 def test_eval_mode_without_colearner_is_rejected():
     with pytest.raises(ValueError, match="needs a co-learner"):
         make_learner(mode="none").evaluate(sinusoid_batch(), "cml-dagger")
+
+
+def test_cl_evaluation_adapts_the_colearner_as_in_training():
+    """For a CL run, cml-dagger-code is CL† (adapted ϕ), not CL† without adaptation."""
+    from cmlearn.cml import CoLearnerSpec
+
+    learner = make_learner(mode="cl", gamma=1.0)
+    batch = sinusoid_batch()
+    adapted = learner.evaluate(batch, "cml-dagger-code")["loss"]
+    learner.co = CoLearnerSpec("cml", 1.0)  # same parameters, ϕ left un-adapted
+    learner.step_sizes = {k: v for k, v in learner.step_sizes.items() if "colearner" not in k}
+    frozen = learner.evaluate(batch, "cml-dagger-code")["loss"]
+    assert not torch.allclose(adapted, frozen)

@@ -33,13 +33,16 @@ def test_paired_difference_removes_shared_task_difficulty():
         paired(a, b[:10])
 
 
-def test_test_tasks_are_fixed_and_prefix_stable():
+def test_test_tasks_are_fixed_and_prefix_stable(monkeypatch):
+    import cmlearn.evaluate
+
+    monkeypatch.setattr(cmlearn.evaluate, "CHUNK", 8)  # several chunks
     source = SinusoidSource(5, 10, 20)
-    a = fixed_tasks(source, 30, 7, TEST, "test", chunk=8)
-    b = fixed_tasks(source, 12, 7, TEST, "test", chunk=8)
+    a = fixed_tasks(source, 30, 7, TEST, "test")
+    b = fixed_tasks(source, 12, 7, TEST, "test")
     assert torch.equal(
         torch.cat([c.support_x for c in a])[:12], torch.cat([c.support_x for c in b])
     )
-    val = fixed_tasks(source, 30, 7, VAL, "val", chunk=8)
+    val = fixed_tasks(source, 30, 7, VAL, "val")
     assert not torch.equal(a[0].support_x, val[0].support_x)
     assert a[0].query_x.shape[1] == 20  # evaluation uses eval_queries

@@ -97,3 +97,29 @@ def test_gradient_analysis_is_logged_on_request(cml_cfg, tmp_path):
     assert [r["step"] for r in records] == [0, 10, 20, 30]
     layer = records[0]["gradients"]["fc1"]
     assert layer["meta_norm"] > 0 and layer["co_norm"] > 0 and -1 <= layer["cosine"] <= 1
+
+
+def test_a_fresh_run_overwrites_a_stale_log_and_resume_drops_duplicates(cml_cfg, tmp_path):
+    run = tmp_path / "a"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 2, "train_loss": 9}\n')  # died before a checkpoint
+    cfg = cml_cfg.override(["train.analysis_every=10"])
+    with pytest.raises(Interrupted):
+        train(cfg, run, progress=False, should_stop=lambda step: step == 20)
+    # a kill after the next analysis record, mid-way through writing a line
+    with open(run / "metrics.jsonl", "a") as log:
+        log.write('{"step": 20, "gradients": {}}\n{"step": 2')
+    train(cfg, run, resume=True, progress=False)
+    train(cfg, tmp_path / "b", progress=False)
+    assert _records(run) == _records(tmp_path / "b")
+
+
+def test_model_and_colearner_from_different_steps_are_refused(cml_cfg, tmp_path):
+    from cmlearn.train import COLEARNER, load_run
+
+    run = Path(train(cml_cfg, tmp_path / "a", progress=False)["run"])
+    co = torch.load(run / COLEARNER)
+    co["step"] -= 20
+    torch.save(co, run / COLEARNER)
+    with pytest.raises(CmlearnError, match="different steps"):
+        load_run(run)

@@ -25,25 +25,26 @@ def build_learner(cfg: Config, source: TaskSource) -> Learner:
     The co-learner draws from its own seeded stream, so (ψ, θ) start identical with or
     without it: CML with γ = 0 is then MAML exactly.
     """
+    cfg.validate()
     if cfg.model.name != "mlp":
         raise CmlearnError(f"unknown model {cfg.model.name!r}; available: mlp")
     torch.manual_seed(task_seed(cfg.train.seed, 0))
     model = MLP(source.in_features, tuple(cfg.model.hidden), source.out_features)
     spec = CoLearnerSpec(cfg.colearner.mode, cfg.colearner.gamma)
-    colearner = None
-    if spec.active:
-        probe = Cooperative(model, None, cfg.colearner.point)
-        example = source.sample(1, generator(0), "train").support_x[0]
-        shape = probe.features(example).shape[1:]
-        torch.manual_seed(task_seed(cfg.train.seed, 1))
-        colearner = build_colearner(
-            shape,
-            source.out_features,
-            tuple(cfg.colearner.hidden),
-            cfg.colearner.conv_layers,
-            cfg.model.bn,
-        )
     try:
+        colearner = None
+        if spec.active:
+            probe = Cooperative(model, None, cfg.colearner.point)
+            example = source.sample(1, generator(0), "train").support_x[0]
+            shape = probe.features(example).shape[1:]
+            torch.manual_seed(task_seed(cfg.train.seed, 1))
+            colearner = build_colearner(
+                shape,
+                source.out_features,
+                tuple(cfg.colearner.hidden),
+                cfg.colearner.conv_layers,
+                cfg.model.bn,
+            )
         net = Cooperative(model, colearner, cfg.colearner.point)
     except ValueError as err:
         raise CmlearnError(str(err)) from None
@@ -65,6 +66,7 @@ def resolve_strategy(cfg: Config, net: Cooperative) -> str:
         strategy = "batched" if net.task_batched else "loop"
     if strategy == "batched" and not net.task_batched:
         raise CmlearnError("strategy 'batched' needs a model built from TaskLinear layers")
-    if cfg.model.bn == "running" and strategy != "loop":
+    tracks = any(getattr(m, "track_running_stats", False) for m in net.modules())
+    if tracks and strategy != "loop":
         raise CmlearnError("BatchNorm running statistics need model.strategy=loop")
     return strategy

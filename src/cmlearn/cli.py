@@ -94,9 +94,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.out is None:
             raise CmlearnError("--resume needs --out RUN_DIR")
+        given = [
+            flag
+            for flag, value in (
+                ("--preset", args.preset),
+                ("--algorithm", args.algorithm),
+                ("--colearner", args.colearner),
+                ("--seed", args.seed),
+            )
+            if value is not None
+        ]
+        if given or args.overrides:
+            raise CmlearnError(
+                f"--resume continues the run as configured; it takes only --steps "
+                f"(got {', '.join(given + ['--set'] * bool(args.overrides))})"
+            )
         cfg = read_config(args.out)
         _positive("--steps", args.steps)
-        cfg = cfg.override(([f"train.steps={args.steps}"] if args.steps else []) + args.overrides)
+        cfg = cfg.override([f"train.steps={args.steps}"] if args.steps else [])
     else:
         if args.preset is None:
             raise CmlearnError("train needs --preset NAME (or --out RUN_DIR --resume)")
@@ -130,7 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.mode != "cml" and learner.net.colearner is None:
         raise CmlearnError(f"--mode {args.mode} needs a run trained with a co-learner")
     source = build_source(cfg)
-    tasks = fixed_tasks(source, n, cfg.eval.seed, TEST, "test", cfg.eval.chunk)
+    tasks = fixed_tasks(source, n, cfg.eval.seed, TEST, "test")
     steps = args.steps or cfg.eval.steps
     result = {
         "run": str(args.run),

@@ -65,11 +65,11 @@ def compare(
     (each ``algorithm+colearner`` minus its ``algorithm``, when both ran).
     """
     parsed = [Method.parse(m) for m in methods]
-    if len({m.name for m in parsed}) != len(parsed):
-        raise CmlearnError("each method may appear once in --methods")
+    if len({(m.algorithm, m.colearner) for m in parsed}) != len(parsed):
+        raise CmlearnError("each method may appear once in --methods (cml is maml+cml)")
     base.validate()
     source = build_source(base)
-    tasks = fixed_tasks(source, base.eval.tasks, base.eval.seed, TEST, "test", base.eval.chunk)
+    tasks = fixed_tasks(source, base.eval.tasks, base.eval.seed, TEST, "test")
     per_task: dict[str, list[np.ndarray]] = {}
     results, runs = [], {}
     for method in parsed:
@@ -98,7 +98,10 @@ def compare(
         row["seed_ci95"] = summarize(stack.mean(1))["ci95"]
         summary.append(row)
     first = parsed[0].name
-    bases = {m.name: m.algorithm for m in parsed if m.colearner != "none" and m.algorithm in stacks}
+    plain = {m.algorithm: m.name for m in parsed if m.colearner == "none"}
+    bases = {
+        m.name: plain[m.algorithm] for m in parsed if m.colearner != "none" and m.algorithm in plain
+    }
     return {
         "preset": base.preset,
         "metric": source.metric,

@@ -10,7 +10,8 @@ from typing import Any
 from cmlearn import CmlearnError
 from cmlearn.algorithms import ALGORITHMS, algorithm_rule
 from cmlearn.algorithms.rule import InnerRule
-from cmlearn.cml import CO_MODES, EVAL_MODES
+from cmlearn.cml import CO_MODES
+from cmlearn.models.conv import BN_MODES
 
 
 @dataclass
@@ -57,7 +58,6 @@ class EvalConfig:
     tasks: int = 2000
     steps: int = 0  # inner steps at test time; 0 = inner.steps
     seed: int = 1234  # test tasks depend only on this seed: every method sees the same tasks
-    chunk: int = 500
 
 
 @dataclass
@@ -88,40 +88,53 @@ class Config:
         return cfg
 
     def override(self, assignments: list[str]) -> Config:
-        """Apply ``key=value`` strings, e.g. ``colearner.gamma=0.5`` or ``model.hidden=40,40``."""
+        """Apply ``key=value`` strings, e.g. ``colearner.gamma=0.5`` or ``model.hidden=40,40``.
+
+        ``algorithm=NAME`` goes through ``with_algorithm`` so the inner rule follows the name.
+        """
         cfg = self
         for item in assignments:
             key, sep, raw = item.partition("=")
             if not sep:
                 raise CmlearnError(f"--set expects key=value, got {item!r}")
-            cfg = _set(cfg, key.strip(), _parse(raw.strip()))
+            if key.strip() == "algorithm":
+                cfg = cfg.with_algorithm(raw.strip())
+            else:
+                cfg = _set(cfg, key.strip(), _parse(raw.strip()))
         return cfg
 
     def validate(self) -> Config:
         """Reject settings that cannot run, with one clear sentence."""
+        t, tr, co = self.task, self.train, self.colearner
         checks = [
-            (self.task.shots > 0, f"task.shots must be positive (got {self.task.shots})"),
-            (self.task.queries > 0, f"task.queries must be positive (got {self.task.queries})"),
-            (self.task.eval_queries > 0, "task.eval_queries must be positive"),
-            (self.task.meta_batch > 0, "task.meta_batch must be positive"),
-            (self.train.steps >= 0, "train.steps must not be negative"),
-            (self.train.val_every > 0, "train.val_every must be positive"),
-            (self.train.val_tasks > 0, "train.val_tasks must be positive"),
+            (t.shots > 0, f"task.shots must be positive (got {t.shots})"),
+            (t.queries > 0, f"task.queries must be positive (got {t.queries})"),
+            (t.eval_queries > 0, "task.eval_queries must be positive"),
+            (t.meta_batch > 0, "task.meta_batch must be positive"),
+            (len(self.model.hidden) > 0, "model.hidden needs at least one layer"),
+            (all(h > 0 for h in self.model.hidden), "model.hidden widths must be positive"),
+            (all(h > 0 for h in co.hidden), "colearner.hidden widths must be positive"),
+            (self.model.bn in BN_MODES, f"model.bn must be one of {BN_MODES}"),
+            (self.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}"),
+            (self.inner.lr > 0, "inner.lr must be positive (freeze a group with *_scale=0)"),
+            (self.inner.msl_anneal >= 0, "inner.msl_anneal must not be negative"),
+            (tr.steps >= 0, "train.steps must not be negative"),
+            (tr.meta_lr > 0, "train.meta_lr must be positive"),
+            (tr.colearner_lr >= 0, "train.colearner_lr must not be negative (0 = meta_lr)"),
+            (tr.val_every > 0, "train.val_every must be positive"),
+            (tr.val_tasks > 0, "train.val_tasks must be positive"),
+            (tr.log_every > 0, "train.log_every must be positive"),
+            (tr.analysis_every >= 0, "train.analysis_every must not be negative (0 = off)"),
+            (tr.threads >= 0, "train.threads must not be negative (0 = torch's default)"),
             (self.eval.tasks > 1, "eval.tasks must be at least 2 for a confidence interval"),
-            (self.colearner.mode in CO_MODES, f"colearner.mode must be one of {CO_MODES}"),
-            (self.colearner.gamma >= 0, "colearner.gamma must not be negative"),
-            (self.inner.lr >= 0, "inner.lr must not be negative"),
+            (self.eval.steps >= 0, "eval.steps must not be negative (0 = inner.steps)"),
+            (co.mode in CO_MODES, f"colearner.mode must be one of {CO_MODES}"),
+            (co.gamma >= 0, "colearner.gamma must not be negative"),
         ]
         for ok, message in checks:
             if not ok:
                 raise CmlearnError(message)
         return self
-
-
-def check_eval_mode(mode: str) -> str:
-    if mode not in EVAL_MODES:
-        raise CmlearnError(f"unknown evaluation mode {mode!r}; choose from {', '.join(EVAL_MODES)}")
-    return mode
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

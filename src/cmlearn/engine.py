@@ -102,15 +102,13 @@ class Learner:
         rule, co, T = self.rule, self.co, batch.n_tasks
         params = expand(self.params(adapted_colearner=co.adapts), T)
 
-        def support_loss(p: Params) -> Tensor:
-            outs = forward_tasks(self.net, p, batch.support_x, co.heads(inner=True), self.strategy)
-            loss = task_losses(outs[0], batch.support_y, self.loss)
-            if co.adapts:
-                loss = loss + co.gamma * task_losses(outs[1], batch.support_y, self.loss)
-            return loss
-
         trajectory = adapt(
-            params, self.step_sizes, rule, support_loss, rule.steps, rule.is_first_order(progress)
+            params,
+            self.step_sizes,
+            rule,
+            self._support_loss(batch),
+            rule.steps,
+            rule.is_first_order(progress),
         )
         terms: dict[str, Tensor] = {}
         for weight, adapted in zip(
@@ -130,6 +128,19 @@ class Learner:
         total = terms["meta"] + co.gamma * terms["co"] if co.active else terms["meta"]
         return total.mean(), terms
 
+    def _support_loss(self, batch: TaskBatch, head: str | None = None):
+        """Per-task support loss: training's (meta, plus γ·co when CL adapts ϕ) or one head's."""
+        heads = self.co.heads(inner=True) if head is None else (head,)
+
+        def loss(p: Params) -> Tensor:
+            outs = forward_tasks(self.net, p, batch.support_x, heads, self.strategy)
+            total = task_losses(outs[0], batch.support_y, self.loss)
+            if len(outs) > 1:
+                total = total + self.co.gamma * task_losses(outs[1], batch.support_y, self.loss)
+            return total
+
+        return loss
+
     def evaluate(
         self,
         batch: TaskBatch,
@@ -140,28 +151,24 @@ class Learner:
         """Adapt to each test task and score its query set; per-task tensors ``[T]``.
 
         ``mode`` is one of ``cml`` (the meta-learner alone: MAML's inference), ``cml-dagger``
-        (paper Eq. 9) or ``cml-dagger-code`` (the official code's CML†); see ``cml.py``.
+        (paper Eq. 9) or ``cml-dagger-code`` (the official code's CML†); see ``cml.py``. A CL
+        run adapts ϕ too, as in its training, so ``cml`` gives CL⋆ and ``cml-dagger-code`` CL†.
         """
         plan = eval_plan(mode)
         if "co" in (plan.adapt_head, plan.predict_head) and self.net.colearner is None:
             raise ValueError(f"evaluation mode {mode!r} needs a co-learner; this run has none")
         T = batch.n_tasks
-        own = self.params(adapted_colearner=False)  # no evaluation mode adapts ϕ
-        params = expand({k: v.detach().requires_grad_() for k, v in own.items()}, T)
         if plan.body_only:  # Eq. 9: ψ ← ψ − α ∇ψ L(f^c; S), with the base α
-            sizes = {k: torch.tensor(self.rule.lr) for k in params if group_of(k) == "body"}
-            rule = InnerRule(steps=self.rule.steps, lr=self.rule.lr)
-        else:
-            sizes = {
-                k: v.detach() for k, v in self.step_sizes.items() if group_of(k) != "colearner"
-            }
-            rule = self.rule
-
-        def support_loss(p: Params) -> Tensor:
-            (out,) = forward_tasks(self.net, p, batch.support_x, (plan.adapt_head,), self.strategy)
-            return task_losses(out, batch.support_y, self.loss)
-
-        adapted = adapt(params, sizes, rule, support_loss, steps or self.rule.steps, True)[-1]
+            own = self.params(adapted_colearner=False)
+            sizes = {k: torch.tensor(self.rule.lr) for k in own if group_of(k) == "body"}
+            rule, support_loss = InnerRule(steps=self.rule.steps, lr=self.rule.lr), "co"
+        else:  # adapt exactly as in training (for CL: ψ, θ and ϕ on meta + γ·co)
+            own = self.params(adapted_colearner=self.co.adapts)
+            sizes = {k: v.detach() for k, v in self.step_sizes.items()}
+            rule, support_loss = self.rule, None
+        params = expand({k: v.detach().requires_grad_() for k, v in own.items()}, T)
+        loss_fn = self._support_loss(batch, support_loss)
+        adapted = adapt(params, sizes, rule, loss_fn, steps or self.rule.steps, True)[-1]
         with torch.no_grad():
             (out,) = forward_tasks(
                 self.net, adapted, batch.query_x, (plan.predict_head,), self.strategy

@@ -13,10 +13,11 @@ from cmlearn.tasks import TaskBatch, TaskSource
 from cmlearn.tasks.batch import generator
 
 VAL, TEST = 1, 2  # stream ids: validation and test tasks never share a seed
+CHUNK = 500  # tasks drawn per generator; fixed, so the tasks depend only on the seed
 
 
 def fixed_tasks(
-    source: TaskSource, n_tasks: int, seed: int, stream: int, split: str, chunk: int = 500
+    source: TaskSource, n_tasks: int, seed: int, stream: int, split: str
 ) -> list[TaskBatch]:
     """``n_tasks`` tasks in chunks; chunk ``i`` depends only on ``(seed, stream, i)``.
 
@@ -24,9 +25,9 @@ def fixed_tasks(
     tasks of a larger evaluation are the N tasks of a smaller one.
     """
     chunks = []
-    for i, start in enumerate(range(0, n_tasks, chunk)):
-        size = min(chunk, n_tasks - start)
-        chunks.append(source.sample(chunk, generator(seed, stream, i), split)[:size])
+    for i, start in enumerate(range(0, n_tasks, CHUNK)):
+        size = min(CHUNK, n_tasks - start)
+        chunks.append(source.sample(CHUNK, generator(seed, stream, i), split)[:size])
     return chunks
 
 

@@ -63,7 +63,7 @@ class RunState:
     step: int = 0
     best: float = math.nan
     best_step: int = -1
-    window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0])
+    window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # sums, count
 
 
 def make_optimizer(learner: Learner, cfg: Config) -> torch.optim.Adam:
@@ -121,10 +121,14 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         state = _load_checkpoint(out / CHECKPOINT, learner, optimizer)
+        if cfg.train.steps < state.step:
+            raise CmlearnError(
+                f"{out} is already at step {state.step}; --steps must be at least that"
+            )
         _truncate_metrics(out / METRICS, state.step)
     (out / CONFIG).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
-    val = fixed_tasks(source, cfg.train.val_tasks, cfg.eval.seed, VAL, "val", cfg.eval.chunk)
+    val = fixed_tasks(source, cfg.train.val_tasks, cfg.eval.seed, VAL, "val")
     better = (lambda a, b: a < b) if lower_is_better(source.metric) else (lambda a, b: a > b)
     total = cfg.train.steps
     stop = _StopFlag()
@@ -136,7 +140,7 @@ def train(
         desc=f"{cfg.algorithm}+{cfg.colearner.mode}",
     )
     started = time.perf_counter()
-    with stop, open(out / METRICS, "a") as log:
+    with stop, open(out / METRICS, "a" if resume else "w") as log:
 
         def emit(record: dict) -> None:
             log.write(json.dumps(record) + "\n")
@@ -207,8 +211,11 @@ def read_config(run: Path) -> Config:
     if not path.exists():
         raise CmlearnError(f"{run} is not a run folder (no {CONFIG})")
     try:
-        return Config.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError) as err:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return Config.from_dict(data)
+    except (OSError, ValueError, CmlearnError) as err:
         raise CmlearnError(f"corrupt {path}: {_first_line(err)}") from None
 
 
@@ -229,6 +236,11 @@ def load_run(run: Path, checkpoint: str = MODEL) -> tuple[Config, Learner]:
     learner = build_learner(cfg, build_source(cfg))
     saved = read_state(run / checkpoint)
     co = read_state(run / COLEARNER) if learner.net.colearner is not None else None
+    if co is not None and co.get("step") != saved.get("step"):
+        raise CmlearnError(
+            f"{run}: {checkpoint} (step {saved.get('step')}) and {COLEARNER} "
+            f"(step {co.get('step')}) come from different steps; the run was cut between saves"
+        )
     try:
         learner.net.model.load_state_dict(saved["model"])
         for k, v in saved["step_sizes"].items():
@@ -281,14 +293,21 @@ def _load_checkpoint(path: Path, learner: Learner, optimizer: torch.optim.Optimi
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after the checkpoint, so a resumed log has no duplicates."""
+    """Keep only what the checkpoint at ``step`` had logged, so a resumed log has no duplicates.
+
+    Gradient-analysis records are written before their step's update, so the one for ``step``
+    is written again after resuming; a half-written last line (a killed process) is dropped.
+    """
     if not path.exists():
         return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record["step"] < step or (record["step"] == step and "gradients" not in record):
+            keep.append(line)
     path.write_text("".join(line + "\n" for line in keep))
 
 
