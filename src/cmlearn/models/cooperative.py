@@ -50,18 +50,21 @@ class Cooperative(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         """The body's activation at the co-learner's feature point."""
-        for name, layer in self.model.body.named_children():
-            x = layer(x)
-            if name == self.point:
-                return x
-        raise AssertionError("unreachable: point validated in __init__")
+        return self._body(x, stop_at_point=True)[1]
 
-    def forward(self, x: Tensor, heads: tuple[str, ...] = ("meta",)) -> tuple[Tensor, ...]:
-        feature = None
+    def _body(self, x: Tensor, stop_at_point: bool = False) -> tuple[Tensor, Tensor]:
+        """(body output, activation at the feature point)."""
+        feature = x
         for name, layer in self.model.body.named_children():
             x = layer(x)
             if name == self.point:
                 feature = x
+                if stop_at_point:
+                    break
+        return x, feature
+
+    def forward(self, x: Tensor, heads: tuple[str, ...] = ("meta",)) -> tuple[Tensor, ...]:
+        x, feature = self._body(x)
         out = {"meta": self.model.head(x) if "meta" in heads else None}
         if "co" in heads:
             if self.colearner is None:
