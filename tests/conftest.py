@@ -28,15 +28,8 @@ def make_learner(
     model = MLP(1, hidden, 1)
     co = build_colearner((hidden[-1],), 1, (6,)) if mode != "none" else None
     net = Cooperative(model, co)
-    spec = CoLearnerSpec(mode, gamma)
-    if mode == "random":
-        for p in co.parameters():
-            p.requires_grad_(False)
     rule = algorithm_rule(algorithm, InnerRule(steps=steps, lr=lr))
-    sizes = rule.init_step_sizes(dict(net.named_parameters()), spec.adapts)
-    if rule.learn_lr != "none":
-        sizes = {k: v.requires_grad_() for k, v in sizes.items()}
-    return Learner(net, sizes, rule, spec, "mse", strategy)
+    return Learner.create(net, rule, CoLearnerSpec(mode, gamma), "mse", strategy)
 
 
 def sinusoid_batch(n_tasks: int = 3, shots: int = 5, queries: int = 7, seed: int = 0):

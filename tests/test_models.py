@@ -33,14 +33,7 @@ def conv_learner(strategy="loop", bn="transductive", mode="cml", seed=0) -> Lear
     co = build_colearner(shape, 3, conv_layers=1, bn=bn) if mode != "none" else None
     net = Cooperative(model, co)
     rule = InnerRule(steps=1, lr=0.4)
-    return Learner(
-        net,
-        rule.init_step_sizes(dict(net.named_parameters())),
-        rule,
-        CoLearnerSpec(mode, 0.5),
-        "ce",
-        strategy,
-    )
+    return Learner.create(net, rule, CoLearnerSpec(mode, 0.5), "ce", strategy)
 
 
 def test_conv_bn_strategies_agree():
@@ -113,14 +106,7 @@ def graph_learner(strategy: str) -> tuple[Learner, TaskBatch]:
     model = BodyHead(torch.nn.Sequential(encoder), torch.nn.Linear(8, 2))
     net = Cooperative(model, build_colearner((8,), 2, (8,)))
     rule = InnerRule(steps=2, lr=0.5)
-    learner = Learner(
-        net,
-        rule.init_step_sizes(dict(net.named_parameters())),
-        rule,
-        CoLearnerSpec("cml", 0.2),
-        "ce",
-        strategy,
-    )
+    learner = Learner.create(net, rule, CoLearnerSpec("cml", 0.2), "ce", strategy)
     g = torch.Generator().manual_seed(1)
     idx = torch.stack([torch.randperm(n, generator=g)[:10] for _ in range(3)])
     batch = TaskBatch(idx[:, :4], labels[idx[:, :4]], idx[:, 4:], labels[idx[:, 4:]])

@@ -112,14 +112,7 @@ def conv_setup(n_tasks: int, channels: int, co: bool) -> Setup:
 def engine_objective(setup: Setup, mode: str, strategy: str) -> Callable[[], Tensor]:
     """The engine's meta-loss of the setup's batch (MAML when ``mode`` is ``none``)."""
     rule = InnerRule(steps=1, lr=LR)
-    learner = Learner(
-        setup.net,
-        rule.init_step_sizes(setup.params),
-        rule,
-        CoLearnerSpec(mode, GAMMA),
-        setup.loss,
-        strategy,
-    )
+    learner = Learner.create(setup.net, rule, CoLearnerSpec(mode, GAMMA), setup.loss, strategy)
     return lambda: learner.meta_objective(setup.batch)[0]
 
 

@@ -48,13 +48,7 @@ def build_learner(cfg: Config, source: TaskSource) -> Learner:
         net = Cooperative(model, colearner, cfg.colearner.point)
     except ValueError as err:
         raise CmlearnError(str(err)) from None
-    if spec.mode == "random":
-        for p in net.colearner.parameters():
-            p.requires_grad_(False)
-    sizes = cfg.inner.init_step_sizes(dict(net.named_parameters()), spec.adapts)
-    if cfg.inner.learn_lr != "none":
-        sizes = {k: v.requires_grad_() for k, v in sizes.items()}
-    return Learner(net, sizes, cfg.inner, spec, source.loss, resolve_strategy(cfg, net))
+    return Learner.create(net, cfg.inner, spec, source.loss, resolve_strategy(cfg, net))
 
 
 def resolve_strategy(cfg: Config, net: Cooperative) -> str:

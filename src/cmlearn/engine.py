@@ -82,6 +82,20 @@ class Learner:
     loss: str = "mse"
     strategy: str = "batched"
 
+    @classmethod
+    def create(
+        cls, net: Cooperative, rule: InnerRule, co: CoLearnerSpec, loss: str, strategy: str
+    ) -> Learner:
+        """A learner with fresh step sizes (learnable when the rule learns them) and, for the
+        ``random`` control, a co-learner frozen at its initialisation."""
+        if co.mode == "random":
+            for p in net.colearner.parameters():
+                p.requires_grad_(False)
+        sizes = rule.init_step_sizes(dict(net.named_parameters()), co.adapts)
+        if rule.learn_lr != "none":
+            sizes = {k: v.requires_grad_() for k, v in sizes.items()}
+        return cls(net, sizes, rule, co, loss, strategy)
+
     def params(self, adapted_colearner: bool = True) -> Params:
         """ψ, θ and ϕ by name. Without ``adapted_colearner`` ϕ is left out: a co-learner that
         is never adapted is shared by all tasks, so ``functional_call`` uses the module's own
