@@ -33,7 +33,7 @@ def make_learner(
 
 
 def sinusoid_batch(n_tasks: int = 3, shots: int = 5, queries: int = 7, seed: int = 0):
-    return SinusoidFamily().sample(n_tasks, shots, queries, generator(seed, 99))
+    return SinusoidFamily().sample(n_tasks, shots, queries, generator("test", seed, 99))
 
 
 @pytest.fixture
@@ -55,6 +55,6 @@ def tiny_cfg():
             "train.log_every=10",
             "eval.tasks=50",
             "model.hidden=16,16",
-            "colearner.hidden=8",
+            "colearner.head.hidden=8",
         ]
     )

@@ -10,7 +10,8 @@ import torch
 from torch.func import functional_call
 
 from cmlearn.engine import expand, task_losses
-from cmlearn.train import MODEL, load_run, train
+from cmlearn.runs import MODEL, load_run
+from cmlearn.train import train
 from tests.conftest import make_learner, sinusoid_batch
 
 

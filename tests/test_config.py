@@ -15,14 +15,16 @@ def test_presets_cover_the_paper_settings():
             cfg = get_preset(f"sinusoid-{k}shot{suffix}")
             assert cfg.task.shots == k and cfg.task.meta_batch == 4
             assert cfg.inner.steps == 1 and cfg.inner.lr == 0.01 and cfg.colearner.gamma == 0.2
-            assert cfg.model.hidden == (40, 40) and cfg.colearner.hidden == (40,)
-    assert len(PRESETS) == 6
+            assert cfg.model.options.hidden == (40, 40)
+            assert cfg.colearner.head.options.hidden == (40,)
+    assert sum(name.startswith("sinusoid") for name in PRESETS) == 6
 
 
 def test_override_and_round_trip():
     cfg = get_preset("sinusoid-5shot").with_algorithm("anil")
     cfg = cfg.override(["colearner.gamma=0.5", "model.hidden=20,30", "inner.first_order=true"])
-    assert cfg.colearner.gamma == 0.5 and cfg.model.hidden == (20, 30) and cfg.inner.first_order
+    assert cfg.colearner.gamma == 0.5 and cfg.model.options.hidden == (20, 30)
+    assert cfg.inner.first_order
     assert cfg.inner.body_scale == 0.0
     assert Config.from_dict(cfg.to_dict()) == cfg
 
@@ -46,6 +48,33 @@ def test_bad_overrides_are_rejected(assignment, message):
 
 def test_validation():
     with pytest.raises(CmlearnError, match="shots"):
-        get_preset("sinusoid-5shot").override(["task.shots=0"]).validate()
+        get_preset("sinusoid-5shot").override(["task.shots=0"])
     with pytest.raises(CmlearnError, match="unknown preset"):
         get_preset("miniimagenet")
+
+
+def test_sections_name_a_registry_entry_with_its_own_options():
+    cfg = Config().override(["model.name=conv4", "model.channels=32", "colearner.head.name=conv"])
+    assert cfg.model.options.channels == 32 and cfg.model.options.bn == "transductive"
+    assert cfg.colearner.head.options.layers == 2
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    back = cfg.override(["model.name=mlp"])  # switching the entry resets its options
+    assert back.model.options.hidden == (40, 40)
+    assert cfg.override(["model.options.extra=3"]).model.options.extra == 3
+    with pytest.raises(CmlearnError, match="unknown model 'resnet99'"):
+        cfg.override(["model.name=resnet99"])
+    with pytest.raises(CmlearnError, match="has no option 'hidden'"):
+        cfg.override(["model.hidden=4"])
+    with pytest.raises(CmlearnError, match="model.bn"):
+        cfg.override(["model.bn=foo"])
+    with pytest.raises(CmlearnError, match="unknown dataset"):
+        cfg.override(["data.name=imagenet22k"])
+
+
+def test_typed_assignments_skip_string_parsing():
+    cfg = Config().apply([("train.steps", 7), ("algorithm", "anil")])
+    assert cfg.train.steps == 7 and cfg.inner.body_scale == 0.0
+    with pytest.raises(CmlearnError, match="train.seed"):
+        cfg.apply([("train.seed", -1)])
+    with pytest.raises(CmlearnError, match="train.steps"):
+        cfg.apply([("train.steps", 10**20)])

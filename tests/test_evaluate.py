@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmlearn.evaluate import TEST, VAL, fixed_tasks, paired, summarize
+from cmlearn.evaluate import batches, fixed_tasks, paired, summarize
 from cmlearn.tasks import SinusoidSource
 
 
@@ -38,11 +38,15 @@ def test_test_tasks_are_fixed_and_prefix_stable(monkeypatch):
 
     monkeypatch.setattr(cmlearn.evaluate, "CHUNK", 8)  # several chunks
     source = SinusoidSource(5, 10, 20)
-    a = fixed_tasks(source, 30, 7, TEST, "test")
-    b = fixed_tasks(source, 12, 7, TEST, "test")
+    a = batches(fixed_tasks(source, 30, 7, "test"))
+    b = batches(fixed_tasks(source, 12, 7, "test"))
     assert torch.equal(
         torch.cat([c.support_x for c in a])[:12], torch.cat([c.support_x for c in b])
     )
-    val = fixed_tasks(source, 30, 7, VAL, "val")
+    val = batches(fixed_tasks(source, 30, 7, "val"))
     assert not torch.equal(a[0].support_x, val[0].support_x)
     assert a[0].query_x.shape[1] == 20  # evaluation uses eval_queries
+    assert [c.n_tasks for c in batches(fixed_tasks(source, 30, 7, "test"), 5)] == [5, 3] * 3 + [
+        5,
+        1,
+    ]

@@ -89,9 +89,9 @@ def test_running_bn_updates_buffers_and_changes_eval():
 def test_running_bn_requires_the_loop_strategy():
     from cmlearn import CmlearnError
     from cmlearn.build import resolve_strategy
-    from cmlearn.presets import get_preset
+    from cmlearn.config import Config
 
-    cfg = get_preset("sinusoid-5shot-cpu").override(["model.bn=running", "model.strategy=vmap"])
+    cfg = Config().override(["model.name=conv4", "model.bn=running", "train.strategy=vmap"])
     with pytest.raises(CmlearnError, match="loop"):
         resolve_strategy(cfg, conv_learner(bn="running").net)
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from cmlearn import CmlearnError
-from cmlearn.train import CHECKPOINT, MODEL, Interrupted, train
+from cmlearn.runs import CHECKPOINT, MODEL
+from cmlearn.train import Interrupted, train
 
 
 def _records(run: Path) -> list[dict]:
@@ -115,7 +116,7 @@ def test_a_fresh_run_overwrites_a_stale_log_and_resume_drops_duplicates(cml_cfg,
 
 
 def test_model_and_colearner_from_different_steps_are_refused(cml_cfg, tmp_path):
-    from cmlearn.train import COLEARNER, load_run
+    from cmlearn.runs import COLEARNER, load_run
 
     run = Path(train(cml_cfg, tmp_path / "a", progress=False)["run"])
     co = torch.load(run / COLEARNER)

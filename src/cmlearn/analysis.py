@@ -8,25 +8,27 @@ from torch import Tensor
 from cmlearn.algorithms.rule import group_of
 
 
-def gradient_split(
-    params: dict[str, Tensor], meta_loss: Tensor, co_loss: Tensor
-) -> dict[str, dict[str, float]]:
-    """Per body layer: norms of the two gradients and their cosine similarity.
-
-    ``meta_loss`` and ``co_loss`` are the two outer terms (the co-term already scaled by γ),
-    both still attached to the graph; the graph is kept for the training backward pass.
-    Parameters of a layer (weight and bias) are concatenated into one vector.
-    """
+def body_gradients(params: dict[str, Tensor], loss: Tensor) -> dict[str, Tensor]:
+    """Gradient of ``loss`` for every trainable body parameter (zeros where unused); the graph
+    is kept for the training backward pass."""
     names = [k for k, p in params.items() if group_of(k) == "body" and p.requires_grad]
     leaves = [params[k] for k in names]
-    g_meta = torch.autograd.grad(meta_loss, leaves, retain_graph=True, allow_unused=True)
-    g_co = torch.autograd.grad(co_loss, leaves, retain_graph=True, allow_unused=True)
+    grads = torch.autograd.grad(loss, leaves, retain_graph=True, allow_unused=True)
+    return {
+        k: (torch.zeros_like(p) if g is None else g)
+        for k, p, g in zip(names, leaves, grads, strict=True)
+    }
+
+
+def split_stats(meta: dict[str, Tensor], co: dict[str, Tensor]) -> dict[str, dict[str, float]]:
+    """Per body layer: norms of the two gradients and their cosine similarity. A layer's
+    parameters (weight and bias) are concatenated into one vector."""
     layers: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
-    for name, leaf, gm, gc in zip(names, leaves, g_meta, g_co, strict=True):
+    for name in meta:
         layer = name.removeprefix("model.body.").rsplit(".", 1)[0]
         m, c = layers.setdefault(layer, ([], []))
-        m.append((torch.zeros_like(leaf) if gm is None else gm).flatten())
-        c.append((torch.zeros_like(leaf) if gc is None else gc).flatten())
+        m.append(meta[name].flatten())
+        c.append(co[name].flatten())
     out = {}
     for layer, (m, c) in layers.items():
         vm, vc = torch.cat(m), torch.cat(c)
@@ -37,3 +39,10 @@ def gradient_split(
             "cosine": cos.item(),
         }
     return out
+
+
+def gradient_split(
+    params: dict[str, Tensor], meta_loss: Tensor, co_loss: Tensor
+) -> dict[str, dict[str, float]]:
+    """Per body layer statistics of the two outer terms (the co-term already scaled by γ)."""
+    return split_stats(body_gradients(params, meta_loss), body_gradients(params, co_loss))

@@ -83,7 +83,9 @@ def sinusoid_setup(n_tasks: int, co: bool) -> Setup:
     torch.manual_seed(0)
     colearner = build_colearner((40,), 1, (40,)) if co else None
     net = Cooperative(MLP(1, (40, 40), 1), colearner)
-    return Setup(net, SinusoidFamily().sample(n_tasks, 5, 10, generator(0, n_tasks)), "mse")
+    return Setup(
+        net, SinusoidFamily().sample(n_tasks, 5, 10, generator("train", 0, n_tasks)), "mse"
+    )
 
 
 def conv_setup(n_tasks: int, channels: int, co: bool) -> Setup:

@@ -1,4 +1,8 @@
-"""From a ``Config`` to the objects a run needs: the task source and the learner."""
+"""From a ``Config`` to what a run needs: data → task source → model → co-learner → learner.
+
+Every piece is looked up by name in a registry (``cmlearn.registry``); nothing here knows
+a particular dataset or backbone.
+"""
 
 from __future__ import annotations
 
@@ -7,60 +11,80 @@ import torch
 from cmlearn import CmlearnError
 from cmlearn.cml import CoLearnerSpec
 from cmlearn.config import Config
-from cmlearn.engine import STRATEGIES, Learner
-from cmlearn.models import MLP, Cooperative, build_colearner
-from cmlearn.tasks import SinusoidSource, TaskSource
-from cmlearn.tasks.batch import generator, task_seed
+from cmlearn.engine import Learner
+from cmlearn.models import Cooperative
+from cmlearn.registry import COLEARNERS, DATASETS, MODELS, SAMPLERS
+from cmlearn.runtime import Runtime
+from cmlearn.tasks import TaskSource, generator
+from cmlearn.tasks.batch import task_seed
 
 
-def build_source(cfg: Config) -> TaskSource:
-    if cfg.task.family != "sinusoid":
-        raise CmlearnError(f"unknown task family {cfg.task.family!r}; available: sinusoid")
-    return SinusoidSource(cfg.task.shots, cfg.task.queries, cfg.task.eval_queries)
+def build_source(cfg: Config, runtime: Runtime | None = None) -> TaskSource:
+    """The seeded task sampler of ``cfg.data`` on ``runtime.device``."""
+    runtime = runtime or Runtime()
+    data = DATASETS.get(cfg.data.name).build(cfg.data.options, runtime.data_root, runtime.cache)
+    return SAMPLERS.get(data.kind).build(data, cfg.task, runtime.device)
 
 
-def build_learner(cfg: Config, source: TaskSource) -> Learner:
-    """Model and co-learner initialised from ``train.seed``.
+def build_learner(cfg: Config, source: TaskSource, device: torch.device | None = None) -> Learner:
+    """Model and co-learner, each initialised from its own seeded stream.
 
-    The co-learner draws from its own seeded stream, so (ψ, θ) start identical with or
-    without it: CML with γ = 0 is then MAML exactly.
+    The model draws from ``("init", seed)`` and the co-learner from ``("colearner", seed)``,
+    so (ψ, θ) start identical with or without a co-learner: CML with γ = 0 is MAML exactly.
+    Both are built on the CPU (the same numbers on every device), then moved.
     """
-    cfg.validate()
-    if cfg.model.name != "mlp":
-        raise CmlearnError(f"unknown model {cfg.model.name!r}; available: mlp")
-    torch.manual_seed(task_seed(cfg.train.seed, 0))
-    model = MLP(source.in_features, tuple(cfg.model.hidden), source.out_features)
+    device = device or torch.device("cpu")
     spec = CoLearnerSpec(cfg.colearner.mode, cfg.colearner.gamma)
     try:
+        with _seeded("init", cfg.train.seed):
+            model = MODELS.get(cfg.model.name).build(
+                cfg.model.options, source.input_shape, source.out_features
+            )
         colearner = None
         if spec.active:
             probe = Cooperative(model, None, cfg.colearner.point)
-            example = source.sample(1, generator(0), "train").support_x[0]
-            shape = probe.features(example).shape[1:]
-            torch.manual_seed(task_seed(cfg.train.seed, 1))
-            colearner = build_colearner(
-                shape,
-                source.out_features,
-                tuple(cfg.colearner.hidden),
-                cfg.colearner.conv_layers,
-                cfg.model.bn,
-            )
-        net = Cooperative(model, colearner, cfg.colearner.point)
+            example = torch.zeros((2, *source.input_shape))
+            was = model.training
+            model.eval()  # no running statistics touched by the probe
+            with torch.no_grad():
+                shape = tuple(probe.features(example).shape[1:])
+            model.train(was)
+            with _seeded("colearner", cfg.train.seed):
+                head = cfg.colearner.head
+                colearner = COLEARNERS.get(head.name).build(
+                    head.options, shape, source.out_features
+                )
+        net = Cooperative(model, colearner, cfg.colearner.point).to(device)
     except ValueError as err:
         raise CmlearnError(str(err)) from None
     return Learner.create(net, cfg.inner, spec, source.loss, resolve_strategy(cfg, net))
 
 
+class _seeded:
+    """Seed torch's global generator for a block (layer initialisers draw from it)."""
+
+    def __init__(self, stream: str, seed: int) -> None:
+        self.seed = task_seed(stream, seed)
+
+    def __enter__(self) -> None:
+        self.state = torch.get_rng_state()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_rng_state(self.state)
+
+
 def resolve_strategy(cfg: Config, net: Cooperative) -> str:
     """``auto`` picks the measured winner: batched for MLPs, loop for conv nets on CPU."""
-    strategy = cfg.model.strategy
-    if strategy not in STRATEGIES:
-        raise CmlearnError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    strategy = cfg.train.strategy
     if strategy == "auto":
         strategy = "batched" if net.task_batched else "loop"
     if strategy == "batched" and not net.task_batched:
         raise CmlearnError("strategy 'batched' needs a model built from TaskLinear layers")
     tracks = any(getattr(m, "track_running_stats", False) for m in net.modules())
     if tracks and strategy != "loop":
-        raise CmlearnError("BatchNorm running statistics need model.strategy=loop")
+        raise CmlearnError("BatchNorm running statistics need train.strategy=loop")
     return strategy
+
+
+__all__ = ["build_learner", "build_source", "generator", "resolve_strategy"]

@@ -6,11 +6,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cmlearn import CmlearnError
 from cmlearn.algorithms import ALGORITHMS
 from cmlearn.cml import CO_MODES, EVAL_MODES
 from cmlearn.config import Config
+
+if TYPE_CHECKING:
+    from cmlearn.runtime import Runtime
 
 DEMO_PRESET = "sinusoid-5shot-cpu"
 
@@ -22,6 +26,17 @@ class _Parser(argparse.ArgumentParser):
         raise CmlearnError(message)
 
 
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-root", type=Path, help="folder holding the datasets (or CMLEARN_DATA)")
+    p.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
+
+
+def _runtime(args: argparse.Namespace) -> Runtime:
+    from cmlearn.runtime import Runtime
+
+    return Runtime.resolve(args.data_root, args.device)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cmlearn", description="Cooperative Meta-Learning (CML) on torch.func")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -30,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, default=Path("runs/demo"))
     demo.add_argument("--steps", type=int)
     demo.add_argument("--quiet", action="store_true")
+    _runtime_args(demo)
 
     tr = sub.add_parser("train", help="meta-train one run")
     tr.add_argument("--preset")
@@ -41,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.add_argument("--quiet", action="store_true")
+    _runtime_args(tr)
 
     ev = sub.add_parser("eval", help="evaluate a run on its seeded test tasks")
     ev.add_argument("run", type=Path)
@@ -48,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--tasks", type=int)
     ev.add_argument("--steps", type=int, help="inner steps at test time")
     ev.add_argument("--json", action="store_true")
+    _runtime_args(ev)
 
     cp = sub.add_parser("compare", help="train and compare methods on the same test tasks")
     cp.add_argument("--preset", required=True)
@@ -59,8 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", type=Path)
     cp.add_argument("--json", action="store_true")
     cp.add_argument("--quiet", action="store_true")
+    _runtime_args(cp)
 
-    sub.add_parser("presets", help="list the presets")
+    pr = sub.add_parser("presets", help="list the presets")
+    pr.add_argument("--json", action="store_true", help="each preset's resolved configuration")
     bench = sub.add_parser("bench", help="speed and memory benchmarks (ratios to a reference)")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--quick", action="store_true")
@@ -80,16 +100,14 @@ def _preset_config(name: str, steps: int | None, tasks: int | None, overrides: l
     _positive("--steps", steps)
     _positive("--tasks", tasks)
     cfg = get_preset(name)
-    sets = list(overrides)
-    if steps is not None:
-        sets.insert(0, f"train.steps={steps}")
-    if tasks is not None:
-        sets.insert(0, f"eval.tasks={tasks}")
-    return cfg.override(sets).validate()
+    typed = [("train.steps", steps)] if steps is not None else []
+    typed += [("eval.tasks", tasks)] if tasks is not None else []
+    return cfg.apply(typed).override(overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cmlearn.train import read_config, train
+    from cmlearn.runs import read_config
+    from cmlearn.train import train
 
     if args.resume:
         if args.out is None:
@@ -111,48 +129,49 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         cfg = read_config(args.out)
         _positive("--steps", args.steps)
-        cfg = cfg.override([f"train.steps={args.steps}"] if args.steps else [])
+        cfg = cfg.apply([("train.steps", args.steps)] if args.steps else [])
     else:
         if args.preset is None:
             raise CmlearnError("train needs --preset NAME (or --out RUN_DIR --resume)")
         cfg = _preset_config(args.preset, args.steps, None, [])
-        if args.algorithm:
-            cfg = cfg.with_algorithm(args.algorithm)
-        sets = [f"colearner.mode={args.colearner}"] if args.colearner else []
-        sets += [f"train.seed={args.seed}"] if args.seed is not None else []
-        cfg = cfg.override(sets + args.overrides).validate()
+        typed = [("algorithm", args.algorithm)] if args.algorithm else []
+        typed += [("colearner.mode", args.colearner)] if args.colearner else []
+        typed += [("train.seed", args.seed)] if args.seed is not None else []
+        cfg = cfg.apply(typed).override(args.overrides)
     out = args.out or Path("runs") / (
         f"{cfg.preset}-{cfg.algorithm}-{cfg.colearner.mode}-s{cfg.train.seed}"
     )
-    summary = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    summary = train(cfg, out, resume=args.resume, progress=not args.quiet, runtime=_runtime(args))
     print(json.dumps(summary))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from cmlearn.build import build_source
-    from cmlearn.evaluate import TEST, fixed_tasks, scores, summarize
-    from cmlearn.train import load_run
+    from cmlearn.evaluate import CHUNK, fixed_tasks, scores, summarize
+    from cmlearn.runs import load_run
 
     _positive("--tasks", args.tasks)
     _positive("--steps", args.steps)
     if not args.run.is_dir():
         raise CmlearnError(f"run folder {args.run} does not exist")
-    cfg, learner = load_run(args.run)
+    runtime = _runtime(args)
+    cfg, learner = load_run(args.run, runtime=runtime)
     n = args.tasks or cfg.eval.tasks
     if n < 2:
         raise CmlearnError("--tasks must be at least 2 for a confidence interval")
     if args.mode != "cml" and learner.net.colearner is None:
         raise CmlearnError(f"--mode {args.mode} needs a run trained with a co-learner")
-    source = build_source(cfg)
-    tasks = fixed_tasks(source, n, cfg.eval.seed, TEST, "test")
-    steps = args.steps or cfg.eval.steps
+    source = build_source(cfg, runtime)
+    tasks = fixed_tasks(source, n, cfg.eval.seed, "test")
+    steps = args.steps or cfg.eval_steps
+    values = scores(learner, tasks, source.metric, args.mode, steps, cfg.eval.batch or CHUNK)
     result = {
         "run": str(args.run),
         "mode": args.mode,
         "metric": source.metric,
-        **summarize(scores(learner, tasks, source.metric, args.mode, steps)),
-        "steps": steps or cfg.inner.steps,
+        **summarize(values),
+        "steps": steps,
         "eval_seed": cfg.eval.seed,
     }
     result["n_tasks"] = result.pop("n")
@@ -177,7 +196,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not seeds:
         raise CmlearnError("--seeds is empty")
     out = args.out or Path("runs") / f"compare-{args.preset}"
-    return _compare_and_report(cfg, args.methods.split(","), seeds, out, args.quiet, args.json)
+    return _compare_and_report(
+        cfg, args.methods.split(","), seeds, out, args.quiet, args.json, _runtime(args)
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -188,30 +209,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"{cfg.eval.tasks} tasks",
         flush=True,
     )
-    return _compare_and_report(cfg, ["maml", "cml"], [cfg.train.seed], args.out, args.quiet)
+    return _compare_and_report(
+        cfg, ["maml", "cml"], [cfg.train.seed], args.out, args.quiet, runtime=_runtime(args)
+    )
 
 
 def _compare_and_report(
-    cfg: Config, methods: list[str], seeds: list[int], out: Path, quiet: bool, as_json: bool = False
+    cfg: Config,
+    methods: list[str],
+    seeds: list[int],
+    out: Path,
+    quiet: bool,
+    as_json: bool = False,
+    runtime: Runtime | None = None,
 ) -> int:
     """Train and compare, save ``compare.json``, print the table (or JSON), draw the plots."""
     from cmlearn.build import build_source
     from cmlearn.compare import compare, format_table
-    from cmlearn.evaluate import TEST, fixed_tasks
+    from cmlearn.evaluate import fixed_tasks
     from cmlearn.plots import learning_curves, sinusoid_fits
-    from cmlearn.train import load_run
+    from cmlearn.runs import load_run
 
-    report = compare(cfg, methods, seeds, out, progress=not quiet)
+    report = compare(cfg, methods, seeds, out, progress=not quiet, runtime=runtime)
     (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report) if as_json else format_table(report))
     runs = {k: Path(v) for k, v in report["runs"].items()}
     plots = [learning_curves(runs, out / "learning_curves.png")]
-    if cfg.task.family == "sinusoid":  # the paper's Fig. 2 view, first seed of each method
+    if cfg.data.name == "sinusoid":  # the paper's Fig. 2 view, first seed of each method
         first: dict[str, Path] = {}
         for key, run in runs.items():
             first.setdefault(key.rsplit("-s", 1)[0], run)
-        learners = {name.upper(): load_run(run)[1] for name, run in first.items()}
-        tasks = fixed_tasks(build_source(cfg), 3, cfg.eval.seed, TEST, "test")[0]
+        learners = {name.upper(): load_run(run, runtime=runtime)[1] for name, run in first.items()}
+        tasks = fixed_tasks(build_source(cfg, runtime), 3, cfg.eval.seed, "test")[0].get()
         plots.append(sinusoid_fits(learners, tasks, out / "fig2_sinusoid.png", cfg.eval.steps))
     if not as_json:
         print("plots: " + ", ".join(str(p) for p in plots))
@@ -221,8 +250,13 @@ def _compare_and_report(
 def cmd_presets(args: argparse.Namespace) -> int:
     from cmlearn.presets import describe
 
+    if args.json:
+        from cmlearn.presets import get_preset
+
+        print(json.dumps({name: get_preset(name).to_dict() for name, _ in describe()}))
+        return 0
     for name, text in describe():
-        print(f"{name:<24}{text}")
+        print(f"{name:<26}{text}")
     return 0
 
 

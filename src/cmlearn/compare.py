@@ -12,8 +12,10 @@ from cmlearn.algorithms import ALGORITHMS
 from cmlearn.build import build_source
 from cmlearn.cml import CO_MODES
 from cmlearn.config import Config
-from cmlearn.evaluate import TEST, fixed_tasks, paired, scores, summarize
-from cmlearn.train import CHECKPOINT, load_run, read_config, train
+from cmlearn.evaluate import CHUNK, fixed_tasks, paired, scores, summarize
+from cmlearn.runs import CHECKPOINT, load_run, read_config
+from cmlearn.runtime import Runtime
+from cmlearn.train import train
 
 
 @dataclass(frozen=True)
@@ -39,23 +41,34 @@ class Method:
         return cls(text, algorithm, mode)
 
     def config(self, base: Config, seed: int) -> Config:
-        cfg = base.with_algorithm(self.algorithm)
-        return cfg.override([f"colearner.mode={self.colearner}", f"train.seed={seed}"])
+        return base.apply(
+            [
+                ("algorithm", self.algorithm),
+                ("colearner.mode", self.colearner),
+                ("train.seed", seed),
+            ]
+        )
 
 
-def run_method(cfg: Config, out: Path, progress: bool) -> Path:
-    """Train into ``out``, or reuse / resume a run of the same configuration found there."""
+def run_method(cfg: Config, out: Path, progress: bool, runtime: Runtime | None = None) -> Path:
+    """Train into ``out``, or reuse / resume a run of the same configuration found there
+    (so runs trained separately, e.g. two at a time, are picked up by ``compare``)."""
     if (out / CHECKPOINT).exists():
         if read_config(out) != cfg:
             raise CmlearnError(f"{out} holds a run with another configuration; use another --out")
-        train(cfg, out, resume=True, progress=progress)
+        train(cfg, out, resume=True, progress=progress, runtime=runtime)
     else:
-        train(cfg, out, progress=progress)
+        train(cfg, out, progress=progress, runtime=runtime)
     return out
 
 
 def compare(
-    base: Config, methods: list[str], seeds: list[int], out: Path, progress: bool = True
+    base: Config,
+    methods: list[str],
+    seeds: list[int],
+    out: Path,
+    progress: bool = True,
+    runtime: Runtime | None = None,
 ) -> dict:
     """Every (method, seed) trained, then scored on one fixed set of test tasks.
 
@@ -67,18 +80,20 @@ def compare(
     parsed = [Method.parse(m) for m in methods]
     if len({(m.algorithm, m.colearner) for m in parsed}) != len(parsed):
         raise CmlearnError("each method may appear once in --methods (cml is maml+cml)")
-    base.validate()
-    source = build_source(base)
-    tasks = fixed_tasks(source, base.eval.tasks, base.eval.seed, TEST, "test")
+    runtime = runtime or Runtime()
+    source = build_source(base, runtime)
+    tasks = fixed_tasks(source, base.eval.tasks, base.eval.seed, "test")
     per_task: dict[str, list[np.ndarray]] = {}
     results, runs = [], {}
     for method in parsed:
         for seed in seeds:
             cfg = method.config(base, seed)
-            run = run_method(cfg, out / f"{method.name}-s{seed}", progress)
+            run = run_method(cfg, out / f"{method.name}-s{seed}", progress, runtime)
             runs[f"{method.name}-s{seed}"] = run
-            _, learner = load_run(run)
-            values = scores(learner, tasks, source.metric, "cml", base.eval.steps)
+            _, learner = load_run(run, runtime=runtime)
+            values = scores(
+                learner, tasks, source.metric, "cml", cfg.eval_steps, cfg.eval.batch or CHUNK
+            )
             per_task.setdefault(method.name, []).append(values)
             results.append(
                 {

@@ -1,34 +1,75 @@
-"""Run configuration: nested dataclasses, dotted ``--set key=value`` overrides, JSON round trip."""
+"""Run configuration: typed sections, dotted ``--set key=value`` overrides, JSON round trip.
+
+Every section checks its own fields when it is constructed, so an invalid ``Config`` cannot
+exist and nothing downstream validates again. Sections that name a registry entry
+(``data``, ``model``, ``colearner.head``) are ``{name, options}``; the options are the
+entry's own dataclass. ``model.hidden`` is accepted as a shorthand for
+``model.options.hidden``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+import cmlearn.data  # noqa: F401  (registers the datasets)
+import cmlearn.models  # noqa: F401  (registers the backbones and co-learner heads)
 from cmlearn import CmlearnError
 from cmlearn.algorithms import ALGORITHMS, algorithm_rule
 from cmlearn.algorithms.rule import InnerRule
 from cmlearn.cml import CO_MODES
-from cmlearn.models.conv import BN_MODES
+from cmlearn.engine import STRATEGIES
+from cmlearn.registry import COLEARNERS, DATASETS, MODELS, Registry, check, coerce
+
+MAX_STEPS = 10**9  # anything larger is a typo, not a run
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A registry entry by name, with that entry's options (a dict is converted and checked)."""
+
+    name: str
+    options: Any = None
+    registry: ClassVar[Registry]
+
+    def __post_init__(self) -> None:
+        entry = self.registry.get(self.name)
+        opts = self.options
+        if opts is None or isinstance(opts, dict):
+            opts = self.registry.make_options(self.name, opts)
+        elif not isinstance(opts, entry.options):
+            raise CmlearnError(f"options of {self.registry.kind} {self.name!r} have the wrong type")
+        object.__setattr__(self, "options", opts)
+
+
+class DataChoice(Choice):
+    registry = DATASETS
+
+
+class ModelChoice(Choice):
+    registry = MODELS
+
+
+class HeadChoice(Choice):
+    registry = COLEARNERS
 
 
 @dataclass
 class TaskConfig:
-    family: str = "sinusoid"
-    shots: int = 5  # K support points (regression) or shots per class
-    queries: int = 10  # query points per task during meta-training
-    eval_queries: int = 100  # query points per validation / test task
+    ways: int = 5  # N classes per task (classification; regression ignores it)
+    shots: int = 5  # K support examples (per class for classification)
+    queries: int = 10  # query examples (per class) in meta-training tasks
+    eval_queries: int = 100  # query examples (per class) in validation and test tasks
     meta_batch: int = 4
 
-
-@dataclass
-class ModelConfig:
-    name: str = "mlp"
-    hidden: tuple[int, ...] = (40, 40)
-    strategy: str = "auto"  # auto | batched | vmap | loop (auto: the measured best per model)
-    bn: str = "transductive"  # transductive | running
+    def __post_init__(self) -> None:
+        for name in ("ways", "shots", "queries", "eval_queries", "meta_batch"):
+            check(
+                getattr(self, name) > 0, f"task.{name} must be positive (got {getattr(self, name)})"
+            )
+        check(self.meta_batch <= 100_000, "task.meta_batch must be at most 100000")
 
 
 @dataclass
@@ -36,8 +77,11 @@ class CoLearnerConfig:
     mode: str = "none"  # none | cml | random | cl
     gamma: float = 0.2
     point: str = ""  # a child of the body; "" = the body's output
-    hidden: tuple[int, ...] = (40,)
-    conv_layers: int = 2
+    head: HeadChoice = field(default_factory=lambda: HeadChoice("mlp"))
+
+    def __post_init__(self) -> None:
+        check(self.mode in CO_MODES, f"colearner.mode must be one of {CO_MODES}")
+        check(self.gamma >= 0, "colearner.gamma must be a non-negative number")
 
 
 @dataclass
@@ -45,31 +89,62 @@ class TrainConfig:
     steps: int = 70_000
     meta_lr: float = 1e-3  # Adam β for ψ, θ (and learned step sizes)
     colearner_lr: float = 0.0  # Adam lr of ϕ's own param group; 0 = meta_lr
+    task_chunk: int = 0  # >0: accumulate the meta-gradient over chunks of this many tasks
     val_every: int = 1000
     val_tasks: int = 200
     log_every: int = 100
     analysis_every: int = 0  # >0: log per-layer meta/co gradient norms and cosine similarity
+    strategy: str = "auto"  # auto | batched | vmap | loop (auto: the measured best per model)
     threads: int = 0  # torch threads; 0 = leave torch's default
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(0 <= self.steps <= MAX_STEPS, f"train.steps must be in [0, {MAX_STEPS}]")
+        check(self.meta_lr > 0, "train.meta_lr must be positive")
+        check(self.colearner_lr >= 0, "train.colearner_lr must not be negative (0 = meta_lr)")
+        check(self.task_chunk >= 0, "train.task_chunk must not be negative (0 = all tasks)")
+        check(self.val_every > 0, "train.val_every must be positive")
+        check(0 < self.val_tasks <= 1_000_000, "train.val_tasks must be in [1, 1000000]")
+        check(self.log_every > 0, "train.log_every must be positive")
+        check(self.analysis_every >= 0, "train.analysis_every must not be negative (0 = off)")
+        check(self.strategy in STRATEGIES, f"train.strategy must be one of {STRATEGIES}")
+        check(self.threads >= 0, "train.threads must not be negative (0 = torch's default)")
+        check(self.seed >= 0, f"train.seed must not be negative (got {self.seed})")
 
 
 @dataclass
 class EvalConfig:
     tasks: int = 2000
-    steps: int = 0  # inner steps at test time; 0 = inner.steps
-    seed: int = 1234  # test tasks depend only on this seed: every method sees the same tasks
+    steps: int = 0  # inner steps at validation and test time; 0 = inner.steps
+    seed: int = 1234  # validation and test tasks depend only on this seed
+    batch: int = 0  # tasks adapted at once at validation and test; 0 = 500 (bounds memory)
+
+    def __post_init__(self) -> None:
+        check(2 <= self.tasks <= 1_000_000, "eval.tasks must be in [2, 1000000]")
+        check(self.batch >= 0, "eval.batch must not be negative (0 = 500)")
+        check(self.steps >= 0, "eval.steps must not be negative (0 = inner.steps)")
+        check(self.seed >= 0, f"eval.seed must not be negative (got {self.seed})")
 
 
 @dataclass
 class Config:
     preset: str = ""
     algorithm: str = "maml"
+    data: DataChoice = field(default_factory=lambda: DataChoice("sinusoid"))
     task: TaskConfig = field(default_factory=TaskConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelChoice = field(default_factory=lambda: ModelChoice("mlp"))
     inner: InnerRule = field(default_factory=InnerRule)
     colearner: CoLearnerConfig = field(default_factory=CoLearnerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        check(self.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}")
+
+    @property
+    def eval_steps(self) -> int:
+        """Inner steps of validation and test adaptation (one procedure for both)."""
+        return self.eval.steps or self.inner.steps
 
     def with_algorithm(self, name: str) -> Config:
         """This config with ``name``'s inner-loop overrides applied."""
@@ -92,55 +167,30 @@ class Config:
 
         ``algorithm=NAME`` goes through ``with_algorithm`` so the inner rule follows the name.
         """
+        return self.apply([_split(item) for item in assignments])
+
+    def apply(self, assignments: list[tuple[str, Any]]) -> Config:
+        """Apply typed ``(dotted key, value)`` pairs in order (the CLI's path, no strings)."""
         cfg = self
-        for item in assignments:
-            key, sep, raw = item.partition("=")
-            if not sep:
-                raise CmlearnError(f"--set expects key=value, got {item!r}")
-            if key.strip() == "algorithm":
-                cfg = cfg.with_algorithm(raw.strip())
+        for key, value in assignments:
+            if key == "algorithm":
+                cfg = cfg.with_algorithm(str(value))
             else:
-                cfg = _set(cfg, key.strip(), _parse(raw.strip()))
+                cfg = _set(cfg, key, value)
         return cfg
 
-    def validate(self) -> Config:
-        """Reject settings that cannot run, with one clear sentence."""
-        t, tr, co = self.task, self.train, self.colearner
-        checks = [
-            (t.shots > 0, f"task.shots must be positive (got {t.shots})"),
-            (t.queries > 0, f"task.queries must be positive (got {t.queries})"),
-            (t.eval_queries > 0, "task.eval_queries must be positive"),
-            (t.meta_batch > 0, "task.meta_batch must be positive"),
-            (len(self.model.hidden) > 0, "model.hidden needs at least one layer"),
-            (all(h > 0 for h in self.model.hidden), "model.hidden widths must be positive"),
-            (all(h > 0 for h in co.hidden), "colearner.hidden widths must be positive"),
-            (self.model.bn in BN_MODES, f"model.bn must be one of {BN_MODES}"),
-            (self.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}"),
-            (self.inner.lr > 0, "inner.lr must be positive (freeze a group with *_scale=0)"),
-            (self.inner.msl_anneal >= 0, "inner.msl_anneal must not be negative"),
-            (tr.steps >= 0, "train.steps must not be negative"),
-            (tr.meta_lr > 0, "train.meta_lr must be positive"),
-            (tr.colearner_lr >= 0, "train.colearner_lr must not be negative (0 = meta_lr)"),
-            (tr.val_every > 0, "train.val_every must be positive"),
-            (tr.val_tasks > 0, "train.val_tasks must be positive"),
-            (tr.log_every > 0, "train.log_every must be positive"),
-            (tr.analysis_every >= 0, "train.analysis_every must not be negative (0 = off)"),
-            (tr.threads >= 0, "train.threads must not be negative (0 = torch's default)"),
-            (self.eval.tasks > 1, "eval.tasks must be at least 2 for a confidence interval"),
-            (self.eval.steps >= 0, "eval.steps must not be negative (0 = inner.steps)"),
-            (co.mode in CO_MODES, f"colearner.mode must be one of {CO_MODES}"),
-            (co.gamma >= 0, "colearner.gamma must not be negative"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise CmlearnError(message)
-        return self
+
+def _split(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise CmlearnError(f"--set expects key=value, got {item!r}")
+    return key.strip(), _parse(raw.strip())
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key != "options":
             flat.update(_flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
@@ -158,6 +208,8 @@ def _parse(raw: str) -> Any:
 
 def _set(obj: Any, dotted: str, value: Any) -> Any:
     head, _, rest = dotted.partition(".")
+    if isinstance(obj, Choice):
+        return _set_choice(obj, head, rest, value, dotted)
     names = {f.name: f for f in dataclasses.fields(obj)}
     if head not in names:
         where = dotted if not rest else head
@@ -168,34 +220,28 @@ def _set(obj: Any, dotted: str, value: Any) -> Any:
             raise CmlearnError(f"config key {head!r} has no field {rest!r}")
         new = _set(current, rest, value)
     else:
-        if dataclasses.is_dataclass(current):
+        if isinstance(current, Choice) and isinstance(value, dict):
+            new = type(current)(value.get("name", current.name), value.get("options"))
+        elif dataclasses.is_dataclass(current):
             raise CmlearnError(f"config key {head!r} is a section; set one of its fields")
-        new = _coerce(value, current, dotted)
+        else:
+            new = coerce(value, current, dotted)
     try:
         return dataclasses.replace(obj, **{head: new})
     except ValueError as err:
         raise CmlearnError(str(err)) from None
 
 
-def _coerce(value: Any, current: Any, key: str) -> Any:
-    try:
-        if isinstance(current, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false"):
-                    raise ValueError
-                return value.lower() == "true"
-            return bool(value)
-        if isinstance(current, tuple):
-            items = value if isinstance(value, list | tuple) else [value]
-            return tuple(int(v) for v in items)
-        if isinstance(current, int):
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise CmlearnError(
-            f"bad value {value!r} for {key} (expected {type(current).__name__})"
-        ) from None
+def _set_choice(choice: Choice, head: str, rest: str, value: Any, dotted: str) -> Choice:
+    """``name`` switches the entry (its options start from defaults); anything else is an
+    option: ``options.x`` or the shorthand ``x``."""
+    if head == "name" and not rest:
+        return type(choice)(str(value)) if value != choice.name else choice
+    if head == "options":
+        if not rest:
+            return type(choice)(choice.name, value if isinstance(value, dict) else None)
+        head, _, rest = rest.partition(".")
+    if rest:
+        raise CmlearnError(f"config key {dotted!r}: options are not nested")
+    values = dataclasses.asdict(choice.options) | {head: value}
+    return type(choice)(choice.name, values)

@@ -174,7 +174,7 @@ class Learner:
         T = batch.n_tasks
         if plan.body_only:  # Eq. 9: ψ ← ψ − α ∇ψ L(f^c; S), with the base α
             own = self.params(adapted_colearner=False)
-            sizes = {k: torch.tensor(self.rule.lr) for k in own if group_of(k) == "body"}
+            sizes = {k: v.new_tensor(self.rule.lr) for k, v in own.items() if group_of(k) == "body"}
             rule, support_loss = InnerRule(steps=self.rule.steps, lr=self.rule.lr), "co"
         else:  # adapt exactly as in training (for CL: ψ, θ and ϕ on meta + γ·co)
             own = self.params(adapted_colearner=self.co.adapts)

@@ -12,34 +12,65 @@ from cmlearn.engine import Learner
 from cmlearn.tasks import TaskBatch, TaskSource
 from cmlearn.tasks.batch import generator
 
-VAL, TEST = 1, 2  # stream ids: validation and test tasks never share a seed
 CHUNK = 500  # tasks drawn per generator; fixed, so the tasks depend only on the seed
 
 
-def fixed_tasks(
-    source: TaskSource, n_tasks: int, seed: int, stream: int, split: str
-) -> list[TaskBatch]:
-    """``n_tasks`` tasks in chunks; chunk ``i`` depends only on ``(seed, stream, i)``.
+def fixed_tasks(source: TaskSource, n_tasks: int, seed: int, split: str) -> list[TaskBatch]:
+    """``n_tasks`` tasks of ``split`` (``val`` or ``test``) in chunks of at most ``CHUNK``.
 
-    So every method, run seed and training length sees the same tasks, and the first N
-    tasks of a larger evaluation are the N tasks of a smaller one.
+    Chunk ``i`` depends only on ``(split, seed, i)`` (its own random stream), so every
+    method, run seed and training length sees the same tasks, validation and test tasks
+    never coincide, and the first N tasks of a larger evaluation are those of a smaller one.
+    Chunks are drawn lazily, one at a time, so a large test never sits in memory at once.
     """
-    chunks = []
-    for i, start in enumerate(range(0, n_tasks, CHUNK)):
-        size = min(CHUNK, n_tasks - start)
-        chunks.append(source.sample(CHUNK, generator(seed, stream, i), split)[:size])
-    return chunks
+    return [
+        _Chunk(source, seed, split, i, min(CHUNK, n_tasks - start))
+        for i, start in enumerate(range(0, n_tasks, CHUNK))
+    ]
+
+
+class _Chunk:
+    """A chunk of fixed tasks, sampled when first used and kept (validation reuses it)."""
+
+    def __init__(self, source: TaskSource, seed: int, split: str, index: int, size: int) -> None:
+        self.source, self.seed, self.split, self.index, self.size = source, seed, split, index, size
+        self._batch: TaskBatch | None = None
+
+    def get(self) -> TaskBatch:
+        if self._batch is None:
+            gen = generator(self.split, self.seed, self.index)
+            self._batch = self.source.sample(CHUNK, gen, self.split)[: self.size]
+        return self._batch
+
+
+def batches(chunks: list, size: int = 0) -> list[TaskBatch]:
+    """The task batches of ``chunks`` (fixed tasks or plain batches), split into ``size``."""
+    out = []
+    for chunk in chunks:
+        batch = chunk.get() if isinstance(chunk, _Chunk) else chunk
+        step = size or batch.n_tasks
+        out.extend(batch[i : i + step] for i in range(0, batch.n_tasks, step))
+    return out
 
 
 def scores(
-    learner: Learner, chunks: list[TaskBatch], metric: str, mode: str = "cml", steps: int = 0
+    learner: Learner,
+    chunks: list,
+    metric: str,
+    mode: str = "cml",
+    steps: int = 0,
+    batch_size: int = 0,
 ) -> np.ndarray:
-    """Per-task ``metric`` (``mse``: query loss; ``accuracy``) after adaptation."""
+    """Per-task ``metric`` (``mse``: query loss; ``accuracy``) after adaptation with
+    ``steps`` inner steps (0 = the training rule's); ``batch_size`` tasks at a time."""
     key = "accuracy" if metric == "accuracy" else "loss"
     was_training = learner.net.training
     learner.net.eval()
     try:
-        out = [learner.evaluate(batch, mode, steps or None)[key] for batch in chunks]
+        out = []
+        for chunk in chunks:
+            for batch in batches([chunk], batch_size):
+                out.append(learner.evaluate(batch, mode, steps or None)[key].detach().cpu())
     finally:
         learner.net.train(was_training)
     return torch.cat(out).double().numpy()

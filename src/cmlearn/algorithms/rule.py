@@ -45,8 +45,12 @@ class InnerRule:
     first_order_until: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"inner.steps must be at least 1 (got {self.steps})")
+        if not 1 <= self.steps <= 10_000:
+            raise ValueError(f"inner.steps must be in [1, 10000] (got {self.steps})")
+        if not self.lr > 0:
+            raise ValueError("inner.lr must be positive (freeze a group with *_scale=0)")
+        if self.msl_anneal < 0:
+            raise ValueError("inner.msl_anneal must not be negative")
         if self.learn_lr not in LEARN_LR:
             raise ValueError(f"inner.learn_lr must be one of {LEARN_LR} (got {self.learn_lr!r})")
 
@@ -62,12 +66,13 @@ class InnerRule:
             lr = self.lr * self.scale(group_of(name), colearner_adapts)
             if lr == 0.0:
                 continue
+            p = p.detach()  # step sizes live on the parameter's device
             if self.learn_lr == "element":
-                sizes[name] = torch.full_like(p.detach(), lr)
+                sizes[name] = torch.full_like(p, lr)
             elif self.learn_lr == "layer-step":
-                sizes[name] = torch.full((self.steps,) + (1,) * p.dim(), lr)
+                sizes[name] = p.new_full((self.steps,) + (1,) * p.dim(), lr)
             else:
-                sizes[name] = torch.tensor(lr)
+                sizes[name] = p.new_tensor(lr)
         return sizes
 
     def step_size(self, size: Tensor, step: int) -> Tensor:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from torch import nn
 
 from cmlearn.models.cooperative import BodyHead
 from cmlearn.models.layers import TaskLinear
+from cmlearn.registry import MODELS, check
 
 
 class MLP(BodyHead):
@@ -23,3 +25,19 @@ class MLP(BodyHead):
             layers[f"relu{i}"] = nn.ReLU()
             width = h
         super().__init__(nn.Sequential(OrderedDict(layers)), TaskLinear(width, out_features))
+
+
+@dataclass(frozen=True)
+class MLPOptions:
+    hidden: tuple[int, ...] = (40, 40)
+
+    def __post_init__(self) -> None:
+        check(len(self.hidden) > 0, "model.hidden needs at least one layer")
+        check(all(0 < h <= 1_000_000 for h in self.hidden), "model.hidden widths must be positive")
+
+
+@MODELS.register("mlp", MLPOptions, "ReLU MLP on vector inputs (body = hidden layers)")
+def mlp(options: MLPOptions, input_shape: tuple[int, ...], out_features: int) -> MLP:
+    if len(input_shape) != 1:
+        raise ValueError(f"model 'mlp' needs vector inputs, not examples of shape {input_shape}")
+    return MLP(input_shape[0], options.hidden, out_features)

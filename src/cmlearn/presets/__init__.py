@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from cmlearn import CmlearnError
 from cmlearn.config import Config
-from cmlearn.presets import sinusoid
+from cmlearn.presets import omniglot, sinusoid
 
-PRESETS: dict[str, tuple[str, dict]] = {**sinusoid.PRESETS}
+PRESETS: dict[str, tuple[str, dict]] = {**sinusoid.PRESETS, **omniglot.PRESETS}
 
 
 def get_preset(name: str) -> Config:

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 def _sinusoid(shots: int, cpu: bool) -> dict:
     return {
+        "data": {"name": "sinusoid"},
         "task": {
-            "family": "sinusoid",
             "shots": shots,
             "queries": 10,
             "eval_queries": 100,
             "meta_batch": 4,
         },
-        "model": {"name": "mlp", "hidden": [40, 40]},
+        "model": {"name": "mlp", "options": {"hidden": [40, 40]}},
         "inner": {"steps": 1, "lr": 0.01},
-        "colearner": {"gamma": 0.2, "hidden": [40]},
+        "colearner": {"gamma": 0.2, "head": {"name": "mlp", "options": {"hidden": [40]}}},
         "train": {
             "steps": 20_000 if cpu else 70_000,
             "meta_lr": 1e-3,

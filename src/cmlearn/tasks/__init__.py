@@ -1,6 +1,20 @@
-"""Task batches and task samplers (seeded, reproducible)."""
+"""Task batches and samplers that index a pool (seeded, reproducible).
 
-from cmlearn.tasks.batch import TaskBatch, TaskSource, task_seed
+Importing this package registers the samplers (``cmlearn.registry.SAMPLERS``) and the
+synthetic sinusoid family (``DATASETS``).
+"""
+
+from cmlearn.tasks import classification  # noqa: F401  (registration)
+from cmlearn.tasks.batch import TaskBatch, TaskSource, generator, task_seed
+from cmlearn.tasks.classification import ClassificationSource
 from cmlearn.tasks.sinusoid import SinusoidFamily, SinusoidSource
 
-__all__ = ["SinusoidFamily", "SinusoidSource", "TaskBatch", "TaskSource", "task_seed"]
+__all__ = [
+    "ClassificationSource",
+    "SinusoidFamily",
+    "SinusoidSource",
+    "TaskBatch",
+    "TaskSource",
+    "generator",
+    "task_seed",
+]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, fields
 from typing import Protocol
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,24 +46,32 @@ class TaskBatch:
         )
 
 
-def task_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integers, e.g. ``(run seed, step)``.
+STREAMS = ("init", "colearner", "train", "val", "test", "dropout")
 
-    Every meta-batch is drawn from its own generator seeded by ``task_seed(seed, step)``, so a
-    resumed run sees exactly the tasks an uninterrupted run would, with no generator state to
-    carry around.
+
+def task_seed(stream: str, *keys: int) -> int:
+    """A 63-bit seed for ``keys`` (e.g. run seed and step) in the random stream ``stream``.
+
+    Every stream (model init, co-learner init, training batches, validation tasks, test tasks,
+    dropout) has its own domain tag, and the key tuple is hashed with its length, so no two
+    streams and no two key tuples can share a seed, whatever the seeds. Meta-batch ``t`` is
+    drawn from its own generator seeded by ``("train", seed, t)``, so a resumed run sees exactly
+    the tasks an uninterrupted run would, with no generator state to carry around.
     """
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> 1)
+    if stream not in STREAMS:
+        raise ValueError(f"unknown random stream {stream!r}; choose from {STREAMS}")
+    text = f"cmlearn/{stream}/{len(keys)}/" + "/".join(str(int(k)) for k in keys)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
 
-def generator(*keys: int) -> torch.Generator:
-    return torch.Generator().manual_seed(task_seed(*keys))
+def generator(stream: str, *keys: int) -> torch.Generator:
+    return torch.Generator().manual_seed(task_seed(stream, *keys))
 
 
 class TaskSource(Protocol):
     """Where tasks come from: a seeded sampler plus what a model needs to know about them."""
 
-    in_features: int
+    input_shape: tuple[int, ...]  # one example's shape, e.g. (1,) or (1, 28, 28)
     out_features: int
     loss: str  # "mse" or "ce"
     metric: str  # what evaluation reports: "mse" (lower is better) or "accuracy"

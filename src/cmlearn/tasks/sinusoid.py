@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from cmlearn import CmlearnError
+from cmlearn.registry import DATASETS, SAMPLERS, NoOptions
 from cmlearn.tasks.batch import TaskBatch
 
 
@@ -19,6 +21,7 @@ class SinusoidFamily:
     amp: tuple[float, float] = (0.1, 5.0)
     phase: tuple[float, float] = (0.0, math.pi)
     x_range: tuple[float, float] = (-5.0, 5.0)
+    kind: str = "sinusoid"
 
     def sample(self, n_tasks: int, shots: int, queries: int, gen: torch.Generator) -> TaskBatch:
         """Draw ``n_tasks`` tasks with ``shots`` support and ``queries`` query points each."""
@@ -41,6 +44,11 @@ class SinusoidFamily:
         return amp * torch.sin(x - phase)
 
 
+@DATASETS.register("sinusoid", NoOptions, "sinusoid regression (synthetic, Finn et al. 2017)")
+def sinusoid(options: NoOptions, root: Path, cache_dir: Path) -> SinusoidFamily:
+    return SinusoidFamily()
+
+
 @dataclass(frozen=True)
 class SinusoidSource:
     """Sinusoid tasks: ``shots`` support points, ``queries`` (train) or ``eval_queries``."""
@@ -49,14 +57,20 @@ class SinusoidSource:
     queries: int
     eval_queries: int
     family: SinusoidFamily = field(default_factory=SinusoidFamily)
-    in_features: int = 1
+    device: torch.device = torch.device("cpu")
+    input_shape: tuple[int, ...] = (1,)
     out_features: int = 1
     loss: str = "mse"
     metric: str = "mse"  # what evaluation reports; lower is better
 
     def sample(self, n_tasks: int, gen: torch.Generator, split: str = "train") -> TaskBatch:
         queries = self.queries if split == "train" else self.eval_queries
-        return self.family.sample(n_tasks, self.shots, queries, gen)
+        return self.family.sample(n_tasks, self.shots, queries, gen).to(self.device)
+
+
+@SAMPLERS.register("sinusoid")
+def sinusoid_source(family: SinusoidFamily, task, device: torch.device) -> SinusoidSource:
+    return SinusoidSource(task.shots, task.queries, task.eval_queries, family, device)
 
 
 def _uniform(bounds: tuple[float, float], shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
