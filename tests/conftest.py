@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,6 +16,16 @@ from cmlearn.models import MLP, Cooperative, build_colearner
 from cmlearn.presets import get_preset
 from cmlearn.tasks import SinusoidFamily
 from cmlearn.tasks.batch import generator
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# Tests never touch the user's cache; the real data (../shared/data beside the checkout, as in
+# CI) is the default data root unless CMLEARN_DATA says otherwise.
+os.environ["CMLEARN_CACHE"] = tempfile.mkdtemp(prefix="cmlearn-test-cache-")
+os.environ.setdefault("CMLEARN_DATA", str(SHARED_DATA))
+needs_omniglot = pytest.mark.skipif(
+    not (Path(os.environ["CMLEARN_DATA"]) / "omniglot" / "images_background.zip").exists(),
+    reason="Omniglot zips not found under CMLEARN_DATA",
+)
 
 
 def make_learner(

@@ -14,7 +14,7 @@ from tests.conftest import make_learner, sinusoid_batch
 def _adapted(learner, batch):
     params = expand(learner.params(), batch.n_tasks)
 
-    def loss(p):
+    def loss(p, step):
         (out,) = forward_tasks(learner.net, p, batch.support_x, ("meta",), learner.strategy)
         return task_losses(out, batch.support_y, "mse")
 

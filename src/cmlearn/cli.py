@@ -1,4 +1,4 @@
-"""``cmlearn``: demo | train | eval | compare | presets | bench."""
+"""``cmlearn``: demo | train | eval | compare | analyze | presets | bench."""
 
 from __future__ import annotations
 
@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--json", action="store_true")
     cp.add_argument("--quiet", action="store_true")
     _runtime_args(cp)
+
+    an = sub.add_parser("analyze", help="the paper's Fig. 3 analyses of runs (PNGs + JSON)")
+    an.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run or compare folders")
+    an.add_argument("--out", type=Path, help="output folder (default: FIRST_RUN/analysis)")
+    an.add_argument("--tasks", type=int, help="test tasks for CKA (default: 100)")
+    _runtime_args(an)
 
     pr = sub.add_parser("presets", help="list the presets")
     pr.add_argument("--json", action="store_true", help="each preset's resolved configuration")
@@ -247,6 +253,25 @@ def _compare_and_report(
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from cmlearn.analysis.report import DEFAULT_TASKS, analyze
+
+    _positive("--tasks", args.tasks)
+    report = analyze(args.runs, args.out, args.tasks or DEFAULT_TASKS, _runtime(args))
+    out = Path(report["out"])
+    for run in report["runs"]:
+        cka = run["cka"]
+        text = (
+            f"skipped ({cka['skipped']})"
+            if "skipped" in cka
+            else ", ".join(f"{k} {v:.3f}" for k, v in cka["mean"].items())
+        )
+        print(f"{run['label']}: CKA before/after adaptation: {text}")
+    names = [out / name for name in report["figures"].values()]
+    print("analysis: " + ", ".join(str(p) for p in [out / "analysis.json", *names]))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from cmlearn.presets import describe
 
@@ -273,6 +298,7 @@ COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "compare": cmd_compare,
+    "analyze": cmd_analyze,
     "presets": cmd_presets,
     "bench": cmd_bench,
 }

@@ -34,9 +34,21 @@ LOSSES = ("mse", "ce")
 
 
 def forward_tasks(
-    net: Cooperative, params: Params, x: Tensor, heads: tuple[str, ...], strategy: str
+    net: Cooperative,
+    params: Params,
+    x: Tensor,
+    heads: tuple[str, ...],
+    strategy: str,
+    step: int = 0,
+    per_step: frozenset[str] = frozenset(),
 ) -> tuple[Tensor, ...]:
-    """Run ``net`` for every task: ``params`` and ``x`` both have a leading task dimension."""
+    """Run ``net`` for every task: ``params`` and ``x`` both have a leading task dimension.
+
+    Parameters named in ``per_step`` hold one row per inner step (``[T, steps, …]``); the
+    row of ``step`` is passed to the model.
+    """
+    if per_step:
+        params = {k: v.select(1, step) if k in per_step else v for k, v in params.items()}
     if strategy == "batched":
         return functional_call(net, params, (x,), {"heads": heads})
 
@@ -81,6 +93,7 @@ class Learner:
     co: CoLearnerSpec
     loss: str = "mse"
     strategy: str = "batched"
+    per_step: frozenset[str] = frozenset()  # parameters with one row per inner step
 
     @classmethod
     def create(
@@ -91,10 +104,32 @@ class Learner:
         if co.mode == "random":
             for p in net.colearner.parameters():
                 p.requires_grad_(False)
-        sizes = rule.init_step_sizes(dict(net.named_parameters()), co.adapts)
+        bn, per_step = set(), set()
+        for prefix, module in net.named_modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) or getattr(
+                module, "per_step", False
+            ):
+                names = {f"{prefix}.{k}" for k, _ in module.named_parameters(recurse=False)}
+                bn |= names
+                per_step |= names if getattr(module, "per_step", False) else set()
+        sizes = rule.init_step_sizes(dict(net.named_parameters()), co.adapts, frozenset(bn))
         if rule.learn_lr != "none":
             sizes = {k: v.requires_grad_() for k, v in sizes.items()}
-        return cls(net, sizes, rule, co, loss, strategy)
+        return cls(net, sizes, rule, co, loss, strategy, frozenset(per_step))
+
+    def rows(self) -> int | None:
+        """Inner steps the per-step parameters cover (None: no per-step parameters)."""
+        if not self.per_step:
+            return None
+        return dict(self.net.named_parameters())[next(iter(self.per_step))].shape[0]
+
+    def _check_steps(self, steps: int) -> None:
+        rows = self.rows()
+        if rows is not None and steps > rows:
+            raise ValueError(
+                f"the model has per-step BatchNorm rows for {rows} inner steps and cannot adapt "
+                f"for {steps} (MAML++'s released code fails the same way; set model.bn_steps)"
+            )
 
     def params(self, adapted_colearner: bool = True) -> Params:
         """ψ, θ and ϕ by name. Without ``adapted_colearner`` ϕ is left out: a co-learner that
@@ -114,6 +149,7 @@ class Learner:
         losses (already weighted over steps) used by the gradient analysis.
         """
         rule, co, T = self.rule, self.co, batch.n_tasks
+        self._check_steps(rule.steps)
         params = expand(self.params(adapted_colearner=co.adapts), T)
 
         trajectory = adapt(
@@ -125,13 +161,18 @@ class Learner:
             rule.is_first_order(progress),
         )
         terms: dict[str, Tensor] = {}
-        for weight, adapted in zip(
-            rule.step_weights(progress, rule.steps), trajectory, strict=True
-        ):
+        weights = rule.step_weights(progress, rule.steps)
+        for step, (weight, adapted) in enumerate(zip(weights, trajectory, strict=True)):
             if weight == 0.0:
                 continue
             outs = forward_tasks(
-                self.net, adapted, batch.query_x, co.heads(inner=False), self.strategy
+                self.net,
+                adapted,
+                batch.query_x,
+                co.heads(inner=False),
+                self.strategy,
+                step,
+                self.per_step,
             )
             for key, out in zip(("meta", "co"), outs, strict=False):
                 loss = task_losses(out, batch.query_y, self.loss)
@@ -146,8 +187,10 @@ class Learner:
         """Per-task support loss: training's (meta, plus γ·co when CL adapts ϕ) or one head's."""
         heads = self.co.heads(inner=True) if head is None else (head,)
 
-        def loss(p: Params) -> Tensor:
-            outs = forward_tasks(self.net, p, batch.support_x, heads, self.strategy)
+        def loss(p: Params, step: int) -> Tensor:
+            outs = forward_tasks(
+                self.net, p, batch.support_x, heads, self.strategy, step, self.per_step
+            )
             total = task_losses(outs[0], batch.support_y, self.loss)
             if len(outs) > 1:
                 total = total + self.co.gamma * task_losses(outs[1], batch.support_y, self.loss)
@@ -180,12 +223,20 @@ class Learner:
             own = self.params(adapted_colearner=self.co.adapts)
             sizes = {k: v.detach() for k, v in self.step_sizes.items()}
             rule, support_loss = self.rule, None
+        steps = steps or self.rule.steps
+        self._check_steps(steps)
         params = expand({k: v.detach().requires_grad_() for k, v in own.items()}, T)
         loss_fn = self._support_loss(batch, support_loss)
-        adapted = adapt(params, sizes, rule, loss_fn, steps or self.rule.steps, True)[-1]
+        adapted = adapt(params, sizes, rule, loss_fn, steps, True)[-1]
         with torch.no_grad():
             (out,) = forward_tasks(
-                self.net, adapted, batch.query_x, (plan.predict_head,), self.strategy
+                self.net,
+                adapted,
+                batch.query_x,
+                (plan.predict_head,),
+                self.strategy,
+                steps - 1,
+                self.per_step,
             )
             result = {"loss": task_losses(out, batch.query_y, self.loss)}
             if self.loss == "ce":

@@ -24,6 +24,9 @@ def atomic_write(path: Path, write) -> None:
     except OSError as err:
         raise CmlearnError(f"cannot write {path}: {err.strerror or err}") from None
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a cache is for every user
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -18,12 +18,14 @@ ALGORITHMS: dict[str, dict] = {
     # Li et al. 2017: a learned step size per parameter element.
     "metasgd": {"learn_lr": "element"},
     # Antoniou et al. 2019: learned per-layer per-step step sizes, multi-step loss annealed
-    # over the first 10% of training, first order for the first 30%.
+    # over the first 10% of training, first order for the first 30%, BatchNorm γ/β outer-loop
+    # only (per-step γ/β rows come from the model: conv4's ``bn_steps`` option).
     "mamlpp": {
         "learn_lr": "layer-step",
         "multi_step_loss": True,
         "msl_anneal": 0.1,
         "first_order_until": 0.3,
+        "adapt_bn": False,
     },
 }
 

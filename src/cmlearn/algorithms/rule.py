@@ -32,6 +32,8 @@ class InnerRule:
         first ``msl_anneal`` fraction of meta-training.
     first_order_until: MAML++'s derivative-order annealing: first order for this fraction of
         meta-training, second order after.
+    adapt_bn: whether BatchNorm γ/β step in the inner loop (MAML and the CML code: yes;
+        MAML++: no, they are outer-loop only).
     """
 
     steps: int = 1
@@ -43,6 +45,7 @@ class InnerRule:
     multi_step_loss: bool = False
     msl_anneal: float = 0.0
     first_order_until: float = 0.0
+    adapt_bn: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= 10_000:
@@ -59,12 +62,15 @@ class InnerRule:
             group, 1.0 if colearner_adapts else 0.0
         )
 
-    def init_step_sizes(self, params: Params, colearner_adapts: bool = False) -> Params:
-        """Step sizes for the parameters that adapt; a parameter absent here never moves."""
+    def init_step_sizes(
+        self, params: Params, colearner_adapts: bool = False, bn: frozenset[str] = frozenset()
+    ) -> Params:
+        """Step sizes for the parameters that adapt; a parameter absent here never moves.
+        ``bn`` names the BatchNorm affine parameters (frozen unless ``adapt_bn``)."""
         sizes = {}
         for name, p in params.items():
             lr = self.lr * self.scale(group_of(name), colearner_adapts)
-            if lr == 0.0:
+            if lr == 0.0 or (name in bn and not self.adapt_bn):
                 continue
             p = p.detach()  # step sizes live on the parameter's device
             if self.learn_lr == "element":
@@ -102,11 +108,12 @@ def adapt(
     params: Params,
     sizes: Params,
     rule: InnerRule,
-    loss_fn: Callable[[Params], Tensor],
+    loss_fn: Callable[[Params, int], Tensor],
     steps: int,
     first_order: bool,
 ) -> list[Params]:
-    """Take ``steps`` gradient steps on ``loss_fn`` (per-task losses ``[T]``).
+    """Take ``steps`` gradient steps on ``loss_fn(params, step)`` (per-task losses ``[T]``;
+    ``step`` lets per-step parameters such as MAML++'s BatchNorm rows be picked).
 
     ``params`` carry a leading task dimension, so the gradient of the summed task losses is
     every task's own gradient at once, whichever strategy runs the forward pass. Returns the
@@ -116,7 +123,7 @@ def adapt(
     names = list(sizes)
     trajectory = []
     for step in range(steps):
-        loss = loss_fn(params).sum()
+        loss = loss_fn(params, step).sum()
         grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=not first_order)
         params = dict(params)
         for name, g in zip(names, grads, strict=True):

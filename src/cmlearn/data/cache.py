@@ -47,15 +47,16 @@ def cached(cache_dir: Path, name: str, key: str, build: Callable[[], Any]) -> An
             raise CmlearnError(
                 f"cache {path} is unreadable ({type(err).__name__}); delete it to rebuild"
             ) from None
-        if (
-            not isinstance(blob, dict)
-            or blob.get("format") != CACHE_FORMAT
-            or blob.get("key") != key
-        ):
-            found = blob.get("format") if isinstance(blob, dict) else "?"
+        found = blob.get("format") if isinstance(blob, dict) else "?"
+        if found != CACHE_FORMAT or "payload" not in blob:
             raise CmlearnError(
                 f"cache {path} was written by another cmlearn version (format {found}, this "
                 f"version reads {CACHE_FORMAT}); delete it to rebuild"
+            )
+        if blob.get("key") != key:
+            raise CmlearnError(
+                f"cache {path} holds data of other source files (key {blob.get('key')!r}); "
+                "delete it to rebuild"
             )
         return blob["payload"]
     payload = build()

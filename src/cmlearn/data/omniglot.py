@@ -14,8 +14,9 @@ Splits (class counts before rotation):
 - ``lake``: background set = meta-train, evaluation set = meta-test; validation is carved out
   of the background set as the 5 alphabets of Vinyals' validation split. No rotation.
 - ``finn``: the 1,623 characters shuffled with seed 1 (our NumPy shuffle; Finn's own order
-  depended on his file listing), cut 1100 / 100 / 423, with a random multiple of 90° drawn
-  per class per task, on every split as in Finn's code.
+  depended on his file listing), cut 1100 / 100 / 423 (in the same proportions, each split at
+  least one character, for a pool of another size), with a random multiple of 90° drawn per
+  class per task, on every split as in Finn's code.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +82,10 @@ def read_pool(root: Path, cache_dir: Path, size: int = 28) -> ClassPool:
 
 
 def _decode(paths: list[Path], size: int) -> dict:
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError:
+        raise CmlearnError("reading Omniglot needs Pillow: pip install pillow") from None
 
     images, names = [], []
     for path in paths:
@@ -105,7 +110,14 @@ def _decode(paths: list[Path], size: int) -> dict:
                         drawn.append(255 - np.asarray(img, dtype=np.uint8))
                     images.append(np.stack(drawn))
                     names.append(char)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as err:
+        except (
+            zipfile.BadZipFile,
+            zipfile.LargeZipFile,
+            zlib.error,
+            EOFError,
+            OSError,
+            ValueError,
+        ) as err:
             raise CmlearnError(f"{path} is corrupt or truncated ({_one_line(err)})") from None
     pool = torch.from_numpy(np.stack(images)).unsqueeze(2)  # [1623, 20, 1, S, S]
     return {"images": pool, "names": names}
@@ -121,7 +133,8 @@ def vinyals_characters(root: Path, names: tuple[str, ...]) -> dict[str, list[int
     folder = Path(root) / "omniglot" / "splits" / "vinyals"
     folder = folder if (folder / "train.json").is_file() else PACKAGED_SPLITS
     index = {name: i for i, name in enumerate(names)}
-    out = {}
+    out: dict[str, list[int]] = {}
+    seen: dict[str, str] = {}  # character -> the split that named it first
     for split in ("train", "val", "test"):
         path = folder / f"{split}.json"
         try:
@@ -139,6 +152,11 @@ def vinyals_characters(root: Path, names: tuple[str, ...]) -> dict[str, list[int
             raise CmlearnError(
                 f"split file {path} names {len(unknown)} unknown character(s), e.g. {unknown[0]}"
             )
+        for char in chars:
+            if char in seen:
+                where = "twice" if seen[char] == split else f"in {seen[char]} and {split}"
+                raise CmlearnError(f"split files in {folder} name {char} {where}")
+            seen[char] = split
         out[split] = [index[c] for c in chars]
     return out
 
@@ -147,15 +165,25 @@ def character_splits(split: str, root: Path, names: tuple[str, ...]) -> dict[str
     if split == "vinyals":
         return vinyals_characters(root, names)
     if split == "lake":
-        val = set(vinyals_characters(root, names)["val"])
         background = [i for i, n in enumerate(names) if n.startswith("images_background/")]
+        val = set(vinyals_characters(root, names)["val"]) & set(background)
         return {
             "train": [i for i in background if i not in val],
             "val": sorted(val),
             "test": [i for i, n in enumerate(names) if n.startswith("images_evaluation/")],
         }
-    order = np.random.default_rng(1).permutation(len(names)).tolist()
-    return {"train": order[:1100], "val": order[1100:1200], "test": order[1200:1623]}
+    n = len(names)
+    train, val = finn_sizes(n)
+    order = np.random.default_rng(1).permutation(n).tolist()
+    return {"train": order[:train], "val": order[train : train + val], "test": order[train + val :]}
+
+
+def finn_sizes(n: int) -> tuple[int, int]:
+    """Train and validation sizes of Finn's cut: 1100 and 100 of 1,623 characters (the rest
+    is test), in proportion for ``n`` characters with at least one in each split."""
+    val = max(1, round(n * 100 / 1623))
+    train = min(max(1, round(n * 1100 / 1623)), n - val - 1)
+    return train, val
 
 
 def make_split(chars: list[int], rotation: str) -> ClassSplit:

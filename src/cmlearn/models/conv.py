@@ -8,25 +8,30 @@ from dataclasses import dataclass
 from torch import nn
 
 from cmlearn.models.cooperative import BodyHead
+from cmlearn.models.layers import StepBatchNorm2d
 from cmlearn.registry import MODELS, check
 
 BN_MODES = ("transductive", "running")
 
 
-def conv_block(cin: int, cout: int, pool: bool, bn: str) -> nn.Sequential:
+def conv_block(cin: int, cout: int, pool: bool, bn: str, bn_steps: int = 0) -> nn.Sequential:
     """3×3 conv → BatchNorm → ReLU (→ 2×2 max-pool).
 
     ``bn="transductive"`` normalises every forward pass with its own batch statistics (the
     paper's and every reference implementation's behaviour); ``"running"`` tracks running
-    statistics and uses them in ``eval()`` mode.
+    statistics and uses them in ``eval()`` mode. ``bn_steps > 0`` gives MAML++'s per-step
+    γ/β (transductive statistics, as MAML++'s released code in effect normalises).
     """
     if bn not in BN_MODES:
         raise ValueError(f"unknown BatchNorm mode {bn!r}; choose from {BN_MODES}")
-    layers: list[nn.Module] = [
-        nn.Conv2d(cin, cout, 3, padding=1),
-        nn.BatchNorm2d(cout, track_running_stats=bn == "running"),
-        nn.ReLU(),
-    ]
+    if bn_steps and bn != "transductive":
+        raise ValueError("per-step BatchNorm (bn_steps) is transductive only")
+    norm = (
+        StepBatchNorm2d(cout, bn_steps)
+        if bn_steps
+        else nn.BatchNorm2d(cout, track_running_stats=bn == "running")
+    )
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1), norm, nn.ReLU()]
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
@@ -49,16 +54,19 @@ class ConvNet(BodyHead):
         blocks: int = 4,
         bn: str = "transductive",
         extra: int = 0,
+        bn_steps: int = 0,
     ) -> None:
         body = OrderedDict(
             (
                 f"conv{i + 1}",
-                conv_block(in_channels if i == 0 else channels, channels, i < blocks - 1, bn),
+                conv_block(
+                    in_channels if i == 0 else channels, channels, i < blocks - 1, bn, bn_steps
+                ),
             )
             for i in range(blocks)
         )
         for i in range(extra):
-            body[f"extra{i + 1}"] = conv_block(channels, channels, False, bn)
+            body[f"extra{i + 1}"] = conv_block(channels, channels, False, bn, bn_steps)
         side = image_size
         for _ in range(blocks):  # floor division at every pool, as max_pool2d does
             side //= 2
@@ -76,12 +84,14 @@ class Conv4Options:
     blocks: int = 4
     bn: str = "transductive"  # transductive (MAML's batch statistics) | running
     extra: int = 0  # More-MAML: unpooled conv blocks added after the last block (3 → 232K)
+    bn_steps: int = 0  # MAML++ BNWB: γ/β rows per inner step (set to inner.steps); 0 = shared
 
     def __post_init__(self) -> None:
         check(0 < self.channels <= 4096, "model.channels must be in [1, 4096]")
         check(0 < self.blocks <= 8, "model.blocks must be in [1, 8]")
         check(self.bn in BN_MODES, f"model.bn must be one of {BN_MODES}")
         check(0 <= self.extra <= 16, "model.extra must be in [0, 16]")
+        check(0 <= self.bn_steps <= 10_000, "model.bn_steps must be in [0, 10000]")
 
 
 @MODELS.register("conv4", Conv4Options, "Conv-4 (conv3×3-BN-ReLU-pool blocks; last pool in head)")
@@ -96,4 +106,5 @@ def conv4(options: Conv4Options, input_shape: tuple[int, ...], out_features: int
         options.blocks,
         options.bn,
         options.extra,
+        options.bn_steps,
     )

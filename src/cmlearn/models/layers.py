@@ -35,3 +35,27 @@ class TaskLinear(nn.Module):
             )
             return out.view(x.shape[0], *lead, -1)
         return F.linear(x, self.weight, self.bias)
+
+
+class StepBatchNorm2d(nn.Module):
+    """Transductive BatchNorm with one row of γ/β per inner step (MAML++'s BNWB).
+
+    ``weight`` and ``bias`` are ``[steps, C]``. The engine passes the row of the current step
+    (support pass at step i and the query pass after update i use row i; the final query
+    evaluation after N updates uses row N − 1), so the module sees ``[C]`` vectors. Called
+    with the full table (outside the engine, e.g. to probe shapes) it uses row 0.
+    """
+
+    per_step = True
+
+    def __init__(self, channels: int, steps: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(steps, channels))
+        self.bias = nn.Parameter(torch.zeros(steps, channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        w, b = self.weight, self.bias
+        if w.dim() == 2:
+            w, b = w[0], b[0]
+        return F.batch_norm(x, None, None, w, b, training=True, eps=self.eps)

@@ -1,4 +1,7 @@
-"""What the meta-learner's and the co-learner's terms each send into the body (paper Fig. 3)."""
+"""What the meta-learner's and the co-learner's terms each send into the body (paper Fig. 3b, 3c).
+
+Logged during training (``train.analysis_every``); ``cmlearn.analysis.records`` reads them back.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,172 @@
+"""The Fig. 3 PNGs, drawn only from the numbers ``analysis.json`` stores (one per-run dict each).
+
+A figure with nothing to show is still written, with the reason in it, so a folder never
+keeps a stale PNG from an earlier analysis.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def validation_figure(runs: list[dict], path: Path) -> Path:
+    """Fig. 3a: validation metric against meta-iterations, one line per run."""
+    curves = [r for r in runs if "skipped" not in r["validation"]]
+    metrics = list(dict.fromkeys(r["validation"]["metric"] for r in curves))
+    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(5.5 * max(len(metrics), 1), 3.8))
+    axes = np.atleast_1d(axes)
+    if not metrics:
+        _empty(axes[0], "no validation records")
+    for ax, metric in zip(axes, metrics, strict=False):
+        for run in curves:
+            curve = run["validation"]
+            if curve["metric"] == metric:
+                ax.plot(curve["steps"], curve["values"], marker="o", ms=3, label=run["label"])
+        ax.set_xlabel("meta-iteration")
+        ax.set_ylabel(metric.replace("_", " "))
+        if metric.endswith("mse"):
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.suptitle("Validation during meta-training (Fig. 3a)")
+    return _save(fig, path)
+
+
+def cosine_figure(runs: list[dict], path: Path) -> Path:
+    """Fig. 3b: cosine similarity of the meta and co gradients per body layer over training."""
+    logged = [r for r in runs if "skipped" not in r["gradients"]]
+    layers = _layer_union(r["gradients"]["layers"] for r in logged)
+    fig, axes = plt.subplots(1, max(len(layers), 1), figsize=(3.6 * max(len(layers), 1), 3.4))
+    axes = np.atleast_1d(axes)
+    if not layers:
+        _empty(axes[0], "no gradient records\n(train.analysis_every=0 or no co-learner)")
+    for ax, layer in zip(axes, layers, strict=False):
+        for run in logged:
+            series = run["gradients"]["layers"].get(layer)
+            if series:
+                ax.plot(series["steps"], series["cosine"], lw=1, label=run["label"])
+        ax.axhline(0.0, color="grey", lw=0.6)
+        ax.set_title(layer)
+        ax.set_xlabel("meta-iteration")
+    axes[0].set_ylabel("cos(meta-gradient, co-gradient)")
+    if layers:
+        axes[0].legend(fontsize=8)
+    fig.suptitle("Gradient similarity, meta-learner vs co-learner (Fig. 3b)")
+    return _save(fig, path)
+
+
+def grad_norm_figure(runs: list[dict], path: Path) -> Path:
+    """Fig. 3c: mean norm over training of each body layer's meta and co gradients."""
+    logged = [r for r in runs if "skipped" not in r["gradients"]]
+    layers = _layer_union(r["gradients"]["layers"] for r in logged)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(layers) * max(len(logged), 1)), 3.8))
+    if not layers:
+        _empty(ax, "no gradient records\n(train.analysis_every=0 or no co-learner)")
+    bars = [(run, term) for run in logged for term in ("meta_norm", "co_norm")]
+    width = 0.8 / max(len(bars), 1)
+    x = np.arange(len(layers))
+    for i, (run, term) in enumerate(bars):
+        heights = [
+            run["gradients"]["layers"].get(layer, {}).get("mean", {}).get(term, math.nan)
+            for layer in layers
+        ]
+        kind = "meta" if term == "meta_norm" else "co (γ-scaled)"
+        ax.bar(
+            x + (i - (len(bars) - 1) / 2) * width,
+            heights,
+            width,
+            label=f"{run['label']}: {kind}",
+            hatch="" if term == "meta_norm" else "//",
+        )
+    ax.set_xticks(x, layers)
+    if layers:
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    ax.set_ylabel("mean gradient norm over training")
+    ax.set_title("Per-layer gradient norms into the body (Fig. 3c)")
+    return _save(fig, path)
+
+
+def cka_figure(runs: list[dict], path: Path) -> Path:
+    """Fig. 3d: CKA of each layer's query representation before vs after adaptation."""
+    done = [r for r in runs if "skipped" not in r["cka"]]
+    layers = _layer_union({layer: None for layer in r["cka"]["layers"]} for r in done)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(layers) * max(len(done), 1)), 3.8))
+    if not layers:
+        _empty(ax, "no CKA: no run has a saved model")
+    width = 0.8 / max(len(done), 1)
+    x = np.arange(len(layers))
+    for i, run in enumerate(done):
+        cka = run["cka"]
+        ax.bar(
+            x + (i - (len(done) - 1) / 2) * width,
+            [_nan(cka["mean"].get(layer)) for layer in layers],
+            width,
+            yerr=[_nan(cka["std"].get(layer)) for layer in layers],
+            capsize=2,
+            label=f"{run['label']} ({cka['tasks']} tasks)",
+        )
+    ax.set_xticks(x, layers)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_ylabel("linear CKA, before vs after")
+    ax.set_title("Representation change from inner-loop adaptation (Fig. 3d)")
+    if layers:
+        ax.legend(fontsize=8, loc="lower left")
+    return _save(fig, path)
+
+
+def tsne_figure(runs: list[dict], path: Path) -> Path:
+    """App. E / Fig. 4: t-SNE of the adapted body output on test query sets, run × task."""
+    done = [r for r in runs if "skipped" not in r["tsne"]]
+    cols = max([len(r["tsne"]["tasks"]) for r in done] + [1])
+    rows = max(len(done), 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    if not done:
+        _empty(axes[0, 0], "no t-SNE: no run has a saved model")
+    for row, run in zip(axes, done, strict=False):
+        for ax, task in zip(row, run["tsne"]["tasks"], strict=False):
+            points = np.asarray(task["points"])
+            discrete = task["colour"] == "class"
+            ax.scatter(
+                points[:, 0],
+                points[:, 1],
+                c=task["labels"],
+                s=8,
+                cmap="tab10" if discrete else "viridis",
+            )
+            ax.set_title(f"{run['label']}\ntest task {task['task']}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    for ax in axes.flat:
+        if not ax.has_data() and not ax.texts:
+            ax.set_axis_off()
+    fig.suptitle("t-SNE of adapted query features (colour: class or target)")
+    return _save(fig, path)
+
+
+def _layer_union(maps) -> list[str]:
+    """Layer names in first-seen order across runs."""
+    return list(dict.fromkeys(name for m in maps for name in m))
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,163 @@
+"""``cmlearn analyze``: linear CKA against known values, the evaluation's own adaptation, and
+the whole command on a tiny run (figures, JSON, clean failures)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from cmlearn import CmlearnError
+from cmlearn.analysis import linear_cka
+from cmlearn.analysis.records import expand_runs, gradient_series, read_metrics
+from cmlearn.analysis.representations import task_activations
+from cmlearn.cli import main
+from cmlearn.config import Config
+from cmlearn.train import train
+from tests.conftest import make_learner, sinusoid_batch
+
+FIGURES = (
+    "fig3a_validation.png",
+    "fig3b_cosine.png",
+    "fig3c_grad_norms.png",
+    "fig3d_cka.png",
+    "tsne.png",
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Keep to one core: other work shares the machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_cka_of_identical_features_is_one():
+    x = torch.randn(20, 7, generator=torch.Generator().manual_seed(0))
+    assert linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+
+
+@pytest.mark.parametrize(("n", "p"), [(40, 5), (6, 30)])  # feature and example Gram forms
+def test_cka_is_invariant_to_rotation_scale_and_shift(n, p):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, p, generator=gen, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(p, p, generator=gen, dtype=torch.float64))
+    assert linear_cka(x, 3.0 * x @ q + 5.0) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_cka_hand_computed_cases():
+    # One feature each: CKA is the squared correlation; centred x = (-1, 0, 1), y = (0, -1, 1).
+    x = torch.tensor([[1.0], [2.0], [3.0]])
+    y = torch.tensor([[1.0], [0.0], [2.0]])
+    assert linear_cka(x, y) == pytest.approx(0.25, abs=1e-12)
+    # Keep one of two isotropic directions: ‖YᵀX‖² = 4, ‖XᵀX‖ = 2√2, ‖YᵀY‖ = 2 → 1/√2.
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    assert linear_cka(x, x[:, :1]) == pytest.approx(1 / math.sqrt(2), abs=1e-12)
+    assert math.isnan(linear_cka(x, torch.ones(4, 3)))  # a constant representation
+
+
+def test_both_gram_forms_agree():
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(12, 4, generator=gen), torch.randn(12, 3, generator=gen)
+    wide = torch.cat([x, torch.zeros(12, 30)], 1)  # same CKA, example-Gram branch
+    assert linear_cka(wide, y) == pytest.approx(linear_cka(x, y), abs=1e-10)
+
+
+def test_adapted_activations_are_the_evaluation_ones():
+    """The head output seen after adaptation is exactly what ``Learner.evaluate`` predicts,
+    and before adaptation it is the meta-learned model's output."""
+    learner = make_learner(mode="cml", steps=2, lr=0.1)
+    task = sinusoid_batch(n_tasks=2)[1:2]
+    before, after, scores = task_activations(learner, task, 2)
+    expected = learner.evaluate(task, "cml", 2, return_outputs=True)
+    torch.testing.assert_close(after["head"], expected["output"][0])
+    assert scores["loss"] == pytest.approx(expected["loss"][0].item())
+    with torch.no_grad():
+        (plain,) = learner.net(task.query_x[0])
+    torch.testing.assert_close(before["head"], plain)
+    assert list(before) == ["fc1", "relu1", "fc2", "relu2", "head"]
+
+
+def test_metrics_records_tolerate_a_half_written_last_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "val_mse": 2.0}\n{"step": 2, "va')
+    assert read_metrics(tmp_path) == [{"step": 1, "val_mse": 2.0}]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n')
+    with pytest.raises(CmlearnError, match="line 2 is not JSON"):
+        read_metrics(tmp_path)
+    assert "skipped" in gradient_series([{"step": 1, "train_loss": 0.5}])
+
+
+def test_a_compare_folder_expands_to_its_runs(tmp_path):
+    for name, mode in (("maml-s0", "none"), ("cml-s0", "cml")):
+        config = Config().apply([("colearner.mode", mode)]).to_dict()
+        _write(tmp_path / "cmp" / name, "config.json", json.dumps(config))
+    (tmp_path / "cmp" / "analysis").mkdir()  # an earlier output folder is not a run
+    runs = expand_runs([tmp_path / "cmp", tmp_path / "cmp" / "cml-s0"])
+    assert [r.label for r in runs] == ["maml+cml s0", "maml+none s0"]
+
+
+def test_missing_scikit_learn_is_one_clear_error(monkeypatch, tmp_path):
+    from cmlearn.analysis.report import analyze
+
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", None)
+    with pytest.raises(CmlearnError, match="scikit-learn"):
+        analyze([tmp_path])
+
+
+def test_analyze_end_to_end(tiny_cfg, tmp_path, capsys):
+    run, out = tmp_path / "cml", tmp_path / "figures"
+    cfg = tiny_cfg.override(
+        ["colearner.mode=cml", "train.analysis_every=10", "task.eval_queries=30"]
+    )
+    train(cfg, run, progress=False)
+    assert main(["analyze", str(run), "--out", str(out), "--tasks", "5"]) == 0
+    assert "CKA" in capsys.readouterr().out
+    for name in FIGURES:
+        assert (out / name).stat().st_size > 0, name
+    report = json.loads((out / "analysis.json").read_text())
+    (result,) = report["runs"]
+    assert result["label"] == "maml+cml s0"
+    assert result["validation"]["metric"] == "val_mse"
+    assert result["validation"]["steps"] == [20, 40]
+    grads = result["gradients"]
+    assert grads["records"] == 4 and set(grads["layers"]) == {"fc1", "fc2"}
+    for series in grads["layers"].values():
+        assert series["steps"] == [0, 10, 20, 30]
+        assert all(-1.0 <= c <= 1.0 for c in series["cosine"])
+        assert all(v >= 0 for v in series["meta_norm"] + series["co_norm"])
+    cka = result["cka"]
+    assert cka["tasks"] == 5 and cka["layers"] == ["fc1", "relu1", "fc2", "relu2", "head"]
+    for layer in cka["layers"]:
+        assert 0.0 <= cka["mean"][layer] <= 1.0
+        assert len(cka["per_task"][layer]) == 5
+        assert all(0.0 <= v <= 1.0 for v in cka["per_task"][layer])
+    tsne = result["tsne"]["tasks"]
+    assert len(tsne) == 3 and len(tsne[0]["points"]) == cfg.task.eval_queries
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "nothing", "no such directory"),
+        (lambda d: d, "neither a run folder nor a compare folder"),
+        (lambda d: _write(d, "config.json", "{not json"), "corrupt"),
+        (lambda d: _write(d, "config.json", "{}", "metrics.jsonl", "[1]\n"), "integer 'step'"),
+    ],
+)
+def test_bad_input_is_one_line(make, message, tmp_path, capsys):
+    path = make(tmp_path)
+    assert main(["analyze", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def _write(folder, *pairs: str):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in zip(pairs[::2], pairs[1::2], strict=True):
+        (folder / name).write_text(text)
+    return folder
