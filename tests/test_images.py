@@ -219,3 +219,26 @@ def test_omniglot_cml_end_to_end_saves_exactly_mamls_network(tmp_path):
     assert not any("colearner" in k for k in cml)
     for mode in ("cml", "cml-dagger", "cml-dagger-code"):
         assert main(["eval", str(runs["cml"]), "--mode", mode, "--json"]) == 0
+
+
+@needs_omniglot
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--algorithm", "mamlpp", "--set", "model.bn_steps=1", "--set", "eval.steps=3"],
+         "model.bn_steps=1"),
+        (["--set", "task.ways=2000"], "2000-way tasks need 2000 classes"),
+        (["--set", "task.shots=10", "--set", "task.queries=11"], "only 20"),
+        (["--set", "colearner.head.name=mlp", "--colearner", "cml"], "use colearner.head.name=conv"),
+        (["--device", "tpu"], "unknown device"),
+        (["--set", "data.split=nope"], "omniglot split must be one of"),
+    ],
+)  # fmt: skip
+def test_bad_image_settings_are_one_line_errors(tmp_path, capsys, args, message):
+    from cmlearn.cli import main
+
+    code = main(["train", "--preset", "omniglot-5w1s-cpu", "--steps", "1", "--quiet",
+                 "--out", str(tmp_path / "r"), *args])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()

@@ -57,7 +57,15 @@ def build_learner(cfg: Config, source: TaskSource, device: torch.device | None =
         net = Cooperative(model, colearner, cfg.colearner.point).to(device)
     except ValueError as err:
         raise CmlearnError(str(err)) from None
-    return Learner.create(net, cfg.inner, spec, source.loss, resolve_strategy(cfg, net))
+    learner = Learner.create(net, cfg.inner, spec, source.loss, resolve_strategy(cfg, net))
+    rows = learner.rows()
+    if rows is not None and rows < max(cfg.inner.steps, cfg.eval_steps):
+        raise CmlearnError(
+            f"model.bn_steps={rows} gives per-step BatchNorm rows for {rows} inner steps, but "
+            f"inner.steps={cfg.inner.steps} and eval.steps={cfg.eval_steps}; set "
+            "model.bn_steps to at least both"
+        )
+    return learner
 
 
 class _seeded:
