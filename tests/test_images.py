@@ -229,7 +229,7 @@ def test_omniglot_cml_end_to_end_saves_exactly_mamls_network(tmp_path):
          "model.bn_steps=1"),
         (["--set", "task.ways=2000"], "2000-way tasks need 2000 classes"),
         (["--set", "task.shots=10", "--set", "task.queries=11"], "only 20"),
-        (["--set", "colearner.head.name=mlp", "--colearner", "cml"], "use colearner.head.name=conv"),
+        (["--set", "colearner.head.name=mlp", "--colearner", "cml"], "head.name=conv"),
         (["--device", "tpu"], "unknown device"),
         (["--set", "data.split=nope"], "omniglot split must be one of"),
     ],

@@ -19,35 +19,67 @@ no allocator statistics, and these tensors are what the meta-gradient keeps aliv
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import io
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
 
+from cmlearn import CmlearnError
 from cmlearn.algorithms.rule import InnerRule, Params, group_of
+from cmlearn.build import build_learner, build_source
 from cmlearn.cml import CoLearnerSpec
+from cmlearn.config import Config
+from cmlearn.data.omniglot import zip_paths
 from cmlearn.engine import Learner
 from cmlearn.models import MLP, ConvNet, Cooperative, TaskLinear, build_colearner
-from cmlearn.tasks import SinusoidFamily, TaskBatch
+from cmlearn.presets import get_preset
+from cmlearn.runtime import Runtime
+from cmlearn.tasks import ClassificationSource, SinusoidFamily, TaskBatch
 from cmlearn.tasks.batch import generator
+from cmlearn.train import make_optimizer, outer_step
 
 LR = 0.01  # inner step size α (one second-order step everywhere)
 GAMMA = 0.2  # CML co-learner loss scale γ
 N_WAY, QUERIES_PER_CLASS, IMAGE = 5, 15, 28
 CONV_CHANNELS = 32
-FULL_STEPS = {"sinusoid_b4": 200, "sinusoid_b25": 40, "conv_b4": 8}
-QUICK_STEPS = {"sinusoid_b4": 40, "sinusoid_b25": 8, "conv_b4": 2}
+# Steps per repeat; the omniglot_* entries after the first are the Omniglot group's variants
+# that are far cheaper than a meta-step (matmul, sampler, per-image baseline).
+FULL_STEPS = {
+    "sinusoid_b4": 200,
+    "sinusoid_b25": 40,
+    "conv_b4": 8,
+    "omniglot": 3,
+    "omniglot_matmul": 10,
+    "omniglot_sample": 40,
+    "omniglot_per_image": 3,
+}
+QUICK_STEPS = {
+    "sinusoid_b4": 40,
+    "sinusoid_b25": 8,
+    "conv_b4": 2,
+    "omniglot": 1,
+    "omniglot_matmul": 4,
+    "omniglot_sample": 10,
+    "omniglot_per_image": 1,
+}
 Forward = Callable[[Cooperative, Params, Tensor, tuple[str, ...]], tuple[Tensor, ...]]
 
 
@@ -66,13 +98,18 @@ class Setup:
 
 @dataclass(frozen=True)
 class Variant:
-    """One timed configuration: a meta-step function and the thread count it runs at."""
+    """One timed configuration: a meta-step function and the thread count it runs at.
+
+    ``steps`` overrides the workload's steps per repeat, so that variants of very different
+    cost (a 5 ms sampler and a 1 s meta-step) are interleaved with comparable timed spans.
+    """
 
     name: str
-    step: Callable[[], None]
+    step: Callable[[], object]
     n_tasks: int
     info: dict[str, Any]
     threads: int
+    steps: int = 0
 
 
 # --------------------------------------------------------------------------- workloads
@@ -164,9 +201,15 @@ def module_forward(
     return functional_call(net, params, (x,), {"heads": heads})
 
 
-def reference_objective(setup: Setup, mode: str, forward: Forward) -> Callable[[], Tensor]:
-    """The per-task loop: one support pass, one ``autograd.grad`` and one query pass per task."""
-    params, batch, co = setup.params, setup.batch, CoLearnerSpec(mode, GAMMA)
+def reference_objective(
+    setup: Setup, mode: str, forward: Forward, lr: float = LR, gamma: float = GAMMA
+) -> Callable[[], Tensor]:
+    """The per-task loop: one support pass, one ``autograd.grad`` and one query pass per task.
+
+    ``lr`` and ``gamma`` default to the synthetic workloads' values; the Omniglot benchmark
+    passes its preset's.
+    """
+    params, batch, co = setup.params, setup.batch, CoLearnerSpec(mode, gamma)
     fast = [k for k in params if group_of(k) != "colearner"]  # ϕ is never adapted
     loss_fn = F.mse_loss if setup.loss == "mse" else F.cross_entropy
 
@@ -178,11 +221,11 @@ def reference_objective(setup: Setup, mode: str, forward: Forward) -> Callable[[
             grads = torch.autograd.grad(inner, [params[k] for k in fast], create_graph=True)
             adapted = dict(params)
             for name, g in zip(fast, grads, strict=True):
-                adapted[name] = params[name] - LR * g
+                adapted[name] = params[name] - lr * g
             outs = forward(setup.net, adapted, batch.query_x[i], co.heads(inner=False))
             total = total + loss_fn(outs[0], batch.query_y[i])
             if co.active:
-                total = total + GAMMA * loss_fn(outs[1], batch.query_y[i])
+                total = total + gamma * loss_fn(outs[1], batch.query_y[i])
         return total / batch.n_tasks
 
     return objective
@@ -236,8 +279,20 @@ def variant(setup: Setup, benchmark: str, mode: str, impl: str, threads: int) ->
     )
 
 
-def time_interleaved(variants: list[Variant], steps: int, repeats: int, warmup: int) -> dict:
-    """Seconds per meta-step of each variant, one entry per repeat."""
+def time_interleaved(
+    variants: list[Variant],
+    steps: int,
+    repeats: int,
+    warmup: int,
+    cpu: dict[str, list[float]] | None = None,
+) -> dict[str, list[float]]:
+    """Seconds per meta-step of each variant, one entry per repeat (``steps`` per repeat
+    unless the variant sets its own).
+
+    ``cpu``, when given, receives the process CPU seconds per step as well: at one thread it
+    is the work done, without the time other processes held the core (a check on wall-clock
+    ratios on a shared machine; at more threads it also counts spinning worker threads).
+    """
     for v in variants:
         torch.set_num_threads(v.threads)
         for _ in range(warmup):
@@ -246,10 +301,13 @@ def time_interleaved(variants: list[Variant], steps: int, repeats: int, warmup: 
     for r in range(repeats):
         for v in variants if r % 2 == 0 else variants[::-1]:
             torch.set_num_threads(v.threads)
-            start = time.perf_counter()
-            for _ in range(steps):
+            n = v.steps or steps
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(n):
                 v.step()
-            times[v.name].append((time.perf_counter() - start) / steps)
+            times[v.name].append((time.perf_counter() - start) / n)
+            if cpu is not None:
+                cpu.setdefault(v.name, []).append((time.process_time() - start_cpu) / n)
     return times
 
 
@@ -293,10 +351,23 @@ class Results:
     memory: list[dict] = field(default_factory=list)
     ratios: dict[str, float] = field(default_factory=dict)
     best: dict[str, str] = field(default_factory=dict)
+    goals: dict[str, dict] = field(default_factory=dict)
 
-    def time(self, variants: list[Variant], workload: str) -> None:
-        steps = self.plan.steps[workload]
-        times = time_interleaved(variants, steps, self.plan.repeats, self.plan.warmup)
+    def time(
+        self,
+        variants: list[Variant],
+        workload: str,
+        repeats: int | None = None,
+        warmup: int | None = None,
+    ) -> None:
+        steps, cpu = self.plan.steps[workload], {}
+        times = time_interleaved(
+            variants,
+            steps,
+            self.plan.repeats if repeats is None else repeats,
+            self.plan.warmup if warmup is None else warmup,
+            cpu,
+        )
         for v in variants:
             secs = times[v.name]
             rates = [v.n_tasks / s for s in secs]
@@ -306,11 +377,13 @@ class Results:
                     **v.info,
                     "threads": v.threads,
                     "n_tasks": v.n_tasks,
-                    "steps_per_repeat": steps,
+                    "steps_per_repeat": v.steps or steps,
                     "tasks_per_s": statistics.median(rates),
                     "s_per_step": statistics.median(secs),
                     "tasks_per_s_repeats": rates,
                     "s_per_step_repeats": secs,
+                    "cpu_s_per_step": statistics.median(cpu[v.name]),
+                    "cpu_s_per_step_repeats": cpu[v.name],
                 }
             )
 
@@ -328,8 +401,10 @@ class Results:
     def rate(self, name: str) -> float:
         return next(r["tasks_per_s"] for r in self.rows if r["name"] == name)
 
-    def per_step(self, name: str) -> float:
-        return next(r["s_per_step"] for r in self.rows if r["name"] == name)
+    def per_step(self, name: str, clock: str = "wall") -> float:
+        """Median seconds per step by the wall clock, or process CPU seconds (``cpu``)."""
+        column = "s_per_step" if clock == "wall" else "cpu_s_per_step"
+        return next(r[column] for r in self.rows if r["name"] == name)
 
     def mib(self, name: str) -> float:
         return next(m["saved_MiB"] for m in self.memory if m["name"] == name)
@@ -458,6 +533,377 @@ def bench_threads(res: Results, counts: tuple[int, ...], conv: Setup, conv_strat
             res.ratios[f"threads_2_over_1_{short}"] = res.rate(f"{name}2") / res.rate(f"{name}1")
 
 
+# --------------------------------------------------------------------------- Omniglot
+
+OMNIGLOT_PRESET = "omniglot-5w1s-cpu"
+MATMUL_N = 1024  # the attainable-FLOP/s reference: one float32 n×n @ n×n product
+# Goals from the issue that asked for the Omniglot benchmarks: (comparison, target).
+GOALS: dict[str, tuple[str, float]] = {
+    "omniglot_step_flop_efficiency": (">=", 0.6),
+    "omniglot_engine_speedup": (">=", 1.0),  # "not slower than the per-task loop"
+    "omniglot_sampling_speedup": (">=", 10.0),
+    "omniglot_data_time_fraction": ("<=", 0.02),
+    "cml_overhead_omniglot": ("<=", 1.05),
+}
+PER_IMAGE_NOTE = (
+    "per task: classes and drawings picked with Python's random, then every image decoded by "
+    "PIL from PNG bytes held in memory (read from the zips once, outside the timing, which "
+    "favours this baseline), converted to greyscale, resized Lanczos, rotated, turned into a "
+    "tensor one by one, then stacked"
+)
+
+
+@dataclass(frozen=True)
+class OmniglotSetup:
+    """The preset's task source, one fixed training meta-batch and three learners built from
+    the preset: MAML and CML for the timed meta-steps, and a MAML copy that ``outer_step``
+    (with Adam) may move without changing the parameters the others are timed at."""
+
+    cfg: Config
+    source: ClassificationSource
+    batch: TaskBatch
+    maml: Learner
+    cml: Learner
+    stepper: Learner
+    data_root: Path
+
+
+def omniglot_setup(runtime: Runtime | None = None, overrides: Sequence[str] = ()) -> OmniglotSetup:
+    """Everything built the way ``cmlearn train --preset omniglot-5w1s-cpu`` builds it.
+
+    Raises ``CmlearnError`` when the data cannot be read (the caller skips the benchmark).
+    """
+    runtime = runtime or Runtime(device=torch.device("cpu"))
+    cfg = get_preset(OMNIGLOT_PRESET).override(["colearner.mode=none", *overrides])
+    source = build_source(cfg, runtime)
+    if not isinstance(source, ClassificationSource):
+        raise CmlearnError(f"preset {OMNIGLOT_PRESET} did not give a classification source")
+    batch = source.sample(cfg.task.meta_batch, generator("train", cfg.train.seed, 0))
+    cml = build_learner(cfg.override(["colearner.mode=cml"]), source)
+    return OmniglotSetup(
+        cfg,
+        source,
+        batch,
+        build_learner(cfg, source),
+        cml,
+        build_learner(cfg, source),
+        runtime.data_root,
+    )
+
+
+def read_pngs(root: Path, wanted: set[str]) -> dict[str, list[bytes]]:
+    """The PNG bytes of every drawing of the ``wanted`` characters (pool names such as
+    ``images_background/<alphabet>/character01``), in the pool's drawing order."""
+    out: dict[str, list[bytes]] = {}
+    for path in zip_paths(root):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members: dict[str, list[str]] = {}
+                for member in archive.namelist():
+                    char = member.rsplit("/", 1)[0]
+                    if member.endswith(".png") and char in wanted:
+                        members.setdefault(char, []).append(member)
+                for char, files in members.items():
+                    out[char] = [archive.read(name) for name in sorted(files)]
+        except (OSError, zipfile.BadZipFile, EOFError) as err:
+            raise CmlearnError(f"cannot read PNGs from {path}: {err}") from None
+    missing = wanted - out.keys()
+    if missing:
+        raise CmlearnError(f"{len(missing)} character(s) not in the zips, e.g. {min(missing)}")
+    return out
+
+
+class PerImagePipeline:
+    """Tasks assembled image by image, as torchmeta and learn2learn pipelines do.
+
+    The baseline the tensor-indexing sampler replaces: per task, pick the classes and the
+    drawings, then decode, convert, resize, rotate and convert to a tensor one image at a
+    time, and stack. It draws from the same split (same classes, same rotations) and gives
+    the same pixels as the in-memory pool (``check_pipeline``).
+    """
+
+    def __init__(self, root: Path, source: ClassificationSource, split: str = "train") -> None:
+        try:
+            from PIL import Image
+        except ImportError:
+            raise CmlearnError("the per-image baseline needs Pillow: pip install pillow") from None
+        self.pil = Image
+        data = source.dataset
+        classes = data.splits[split]
+        self.classes, self.rotations = classes.classes.tolist(), classes.rotations.tolist()
+        self.counts, self.names = data.pool.counts.tolist(), data.pool.names
+        self.ways, self.shots = source.ways, source.shots
+        self.queries = source.queries if split == "train" else source.eval_queries
+        self.size = data.input_shape[-1]
+        self.png = read_pngs(root, {self.names[c] for c in set(self.classes)})
+
+    def image(self, char: int, drawing: int, turn: int) -> Tensor:
+        """One ``[1, S, S]`` float image, strokes bright (as the pool stores them)."""
+        img = self.pil.open(io.BytesIO(self.png[self.names[char]][drawing])).convert("L")
+        img = img.resize((self.size, self.size), self.pil.Resampling.LANCZOS)
+        if turn:
+            img = img.rotate(90 * turn)  # counter-clockwise, as torch.rot90 on (H, W)
+        return torch.from_numpy(255 - np.asarray(img, dtype=np.uint8)).float().div_(255)[None]
+
+    def sample(self, n_tasks: int, rng: random.Random) -> TaskBatch:
+        k, q, n = self.shots, self.queries, self.ways
+        support, query = [], []
+        for _ in range(n_tasks):
+            s: list[Tensor] = []
+            qs: list[Tensor] = []
+            for c in rng.sample(range(len(self.classes)), n):
+                char, turn = self.classes[c], self.rotations[c]
+                turn = turn if turn >= 0 else rng.randrange(4)
+                images = [
+                    self.image(char, d, turn) for d in rng.sample(range(self.counts[char]), k + q)
+                ]
+                s += images[:k]
+                qs += images[k:]
+            support.append(torch.stack(s))
+            query.append(torch.stack(qs))
+        labels = torch.arange(n)
+        return TaskBatch(
+            torch.stack(support),
+            labels.repeat_interleave(k).expand(n_tasks, n * k).contiguous(),
+            torch.stack(query),
+            labels.repeat_interleave(q).expand(n_tasks, n * q).contiguous(),
+        )
+
+
+def check_pipeline(pipeline: PerImagePipeline, source: ClassificationSource) -> None:
+    """The baseline must produce the sampler's pixels (every rotation), or the comparison is
+    void; its batches must have the sampler's shapes."""
+    pool = source.dataset.pool
+    for i, char in enumerate(sorted(set(pipeline.classes))[:2]):
+        for turn in range(4):
+            drawing = (i + turn) % pipeline.counts[char]
+            stored = pool.images[int(pool.offsets[char]) + drawing]
+            expected = torch.rot90(stored, turn, dims=(-2, -1)).float().div(255)
+            torch.testing.assert_close(
+                pipeline.image(char, drawing, turn),
+                expected,
+                msg=f"per-image pipeline vs pool: {pool.names[char]} #{drawing}, {turn} turns",
+            )
+    ours = pipeline.sample(2, random.Random(0))
+    theirs = source.sample(2, generator("train", 0, 0))
+    for name in ("support_x", "support_y", "query_x", "query_y"):
+        a, b = getattr(ours, name), getattr(theirs, name)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise AssertionError(
+                f"per-image {name} is {a.dtype}{list(a.shape)}, not {b.dtype}{list(b.shape)}"
+            )
+
+
+def meta_step_flops(objective: Callable[[], Tensor], params: list[Tensor]) -> dict[str, Any]:
+    """FLOPs of one meta-step as ``FlopCounterMode`` counts them (convolutions and matrix
+    products, forward and backward kernels).
+
+    Two phases: ``objective`` is the meta-loss's construction (the support forward, the inner
+    ``autograd.grad`` with ``create_graph`` and the query forward); ``outer_backward`` is
+    ``backward()``, which runs the query backward and the double backward through the inner
+    gradient. Element-wise work (BatchNorm, ReLU, pooling) has no FLOPs here but takes time.
+    """
+    with FlopCounterMode(display=False) as inner:
+        loss = objective()
+    with FlopCounterMode(display=False) as outer:
+        loss.backward()
+    for p in params:
+        p.grad = None
+    by_op = {
+        phase: {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+        for phase, counter in (("objective", inner), ("outer_backward", outer))
+    }
+    total = inner.get_total_flops() + outer.get_total_flops()
+    return {
+        "total": int(total),
+        "objective": int(inner.get_total_flops()),
+        "outer_backward": int(outer.get_total_flops()),
+        "by_op": by_op,
+    }
+
+
+def matmul_step(n: int) -> tuple[Callable[[], None], int]:
+    """A float32 ``n×n @ n×n`` product into a preallocated output, and its FLOPs (counted)."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
+    out = torch.empty(n, n)
+
+    def step() -> None:
+        torch.mm(a, b, out=out)
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return step, int(counter.get_total_flops())
+
+
+def goal_entry(value: float | None, op: str, target: float) -> dict[str, Any]:
+    met = None if value is None else bool(value >= target if op == ">=" else value <= target)
+    return {"value": value, "goal": f"{op} {target:g}", "met": met}
+
+
+def omniglot_goals(res: Results, note: str | None = None) -> None:
+    """Goal entries of the Omniglot ratios (``met`` is None when skipped, with the note)."""
+    entries = {}
+    for key, (op, target) in GOALS.items():
+        entries[key] = goal_entry(res.ratios.get(key), op, target)
+        if note is not None:
+            entries[key]["skipped"] = note
+    eff, speed = (
+        entries.pop("omniglot_step_flop_efficiency"),
+        entries.pop("omniglot_engine_speedup"),
+    )
+    both = None if eff["met"] is None else bool(eff["met"] and speed["met"])
+    res.goals["omniglot_step_flop_efficiency"] = {
+        **eff,
+        "goal": f"{eff['goal']} and not slower than the per-task loop "
+        "(omniglot_engine_speedup >= 1)",
+        "met": both,
+        "parts": {"flop_efficiency": eff, "engine_speedup": speed},
+    }
+    res.goals.update(entries)
+
+
+def bench_omniglot(
+    res: Results,
+    threads: int,
+    quick: bool = False,
+    runtime: Runtime | None = None,
+    overrides: Sequence[str] = (),
+    matmul_n: int = MATMUL_N,
+) -> dict[str, Any]:
+    """The Omniglot 5w1s benchmarks, timed together and interleaved at ``threads`` threads.
+
+    One group holds the engine's MAML and CML meta-steps, the per-task reference's MAML
+    meta-step, a training ``outer_step`` (Adam included), the matmul reference, the sampler
+    and the per-image baseline, so every ratio compares numbers taken side by side; the cheap
+    variants get more steps per repeat so that their timed spans are not tiny. Returns the
+    report's ``omniglot`` section; without the data (``CmlearnError``) it returns
+    ``{"status": "skipped", "note": …}`` and the goals say so, instead of failing the bench.
+    """
+    torch.set_num_threads(threads)
+    try:
+        setup = omniglot_setup(runtime, overrides)
+        pipeline = PerImagePipeline(setup.data_root, setup.source)
+    except CmlearnError as err:
+        note = f"Omniglot benchmarks skipped: {err}"
+        omniglot_goals(res, note)
+        return {"status": "skipped", "note": note}
+    cfg, batch, key, T = setup.cfg, setup.batch, "omniglot", setup.batch.n_tasks
+    lr, gamma = cfg.inner.lr, cfg.colearner.gamma
+
+    def reference(net: Cooperative, mode: str) -> Callable[[], Tensor]:
+        return reference_objective(Setup(net, batch, "ce"), mode, explicit_forward, lr, gamma)
+
+    def engine(learner: Learner) -> Callable[[], Tensor]:
+        return lambda: learner.meta_objective(batch)[0]
+
+    maml, cml = f"engine-{setup.maml.strategy}/maml", f"engine-{setup.cml.strategy}/cml"
+    meta = {  # timed meta-steps: name -> (objective, network, co-learner mode)
+        maml: (engine(setup.maml), setup.maml.net, "none"),
+        cml: (engine(setup.cml), setup.cml.net, "cml"),
+        "reference/maml": (reference(setup.maml.net, "none"), setup.maml.net, "none"),
+    }
+    check_same(
+        Setup(setup.maml.net, batch, "ce"), "none", {k: meta[k][0] for k in meta if k != cml}
+    )
+    check_same(
+        Setup(setup.cml.net, batch, "ce"),
+        "cml",
+        {"engine": meta[cml][0], "reference": reference(setup.cml.net, "cml")},
+    )
+    check_pipeline(pipeline, setup.source)
+    flops = {
+        name: meta_step_flops(obj, list(net.parameters())) for name, (obj, net, _) in meta.items()
+    }
+    variants = [
+        Variant(
+            f"{key}/{name}",
+            meta_step(obj, Setup(net, batch, "ce")),
+            T,
+            {
+                "benchmark": key,
+                "impl": name.split("/")[0],
+                "strategy": setup.maml.strategy,
+                "co": mode,
+            },
+            threads,
+        )
+        for name, (obj, net, mode) in meta.items()
+    ]
+
+    optimizer = make_optimizer(setup.stepper, cfg)
+    mm, mm_flops = matmul_step(matmul_n)
+    draws = iter(range(1, 1 << 62))  # a fresh training meta-batch every time, as in training
+    rng = random.Random(cfg.train.seed)
+    outer = f"outer_step-{setup.stepper.strategy}/maml"
+    extras = {  # name -> (step, tasks per step, steps-per-repeat key)
+        outer: (lambda: outer_step(setup.stepper, optimizer, batch, 0.0), T, "omniglot"),
+        f"matmul/{matmul_n}": (mm, 1, "omniglot_matmul"),
+        "sampler/tensor-index": (
+            lambda: setup.source.sample(T, generator("train", cfg.train.seed, next(draws))),
+            T,
+            "omniglot_sample",
+        ),
+        "sampler/per-image": (lambda: pipeline.sample(T, rng), T, "omniglot_per_image"),
+    }
+    for name, (fn, n, workload) in extras.items():
+        info = {"benchmark": key, "impl": name.split("/")[0], "strategy": name, "co": "none"}
+        variants.append(Variant(f"{key}/{name}", fn, n, info, threads, res.plan.steps[workload]))
+    repeats = min(res.plan.repeats, 3) if quick else res.plan.repeats
+    warmup = 1 if quick else min(res.plan.warmup, 2)
+    res.time(variants, key, repeats, warmup)
+
+    def ratios(clock: str) -> tuple[dict[str, float], float, dict[str, float]]:
+        """The Omniglot ratios, the matmul's FLOP/s and each meta-step's, by ``clock``."""
+
+        def step(name: str) -> float:
+            return res.per_step(f"{key}/{name}", clock)
+
+        mm_rate = mm_flops / step(f"matmul/{matmul_n}")
+        achieved = {name: f["total"] / step(name) for name, f in flops.items()}
+        return (
+            {
+                "omniglot_step_flop_efficiency": achieved[maml] / mm_rate,
+                "omniglot_step_flop_efficiency_reference": achieved["reference/maml"] / mm_rate,
+                "omniglot_engine_speedup": step("reference/maml") / step(maml),
+                "cml_overhead_omniglot": step(cml) / step(maml),
+                "omniglot_sampling_speedup": step("sampler/per-image")
+                / step("sampler/tensor-index"),
+                "omniglot_data_time_fraction": step("sampler/tensor-index") / step(outer),
+            },
+            mm_rate,
+            achieved,
+        )
+
+    wall, mm_rate, achieved = ratios("wall")
+    by_cpu, mm_cpu, achieved_cpu = ratios("cpu")
+    res.ratios.update(wall)
+    omniglot_goals(res)
+    return {
+        "status": "ok",
+        "preset": OMNIGLOT_PRESET,
+        "overrides": list(overrides),
+        "threads": threads,
+        "repeats": repeats,
+        "warmup_steps": warmup,
+        "task": {k: getattr(cfg.task, k) for k in ("ways", "shots", "queries", "meta_batch")},
+        "model": {"name": cfg.model.name, **dataclasses.asdict(cfg.model.options)},
+        "colearner": {"gamma": gamma, "head": dataclasses.asdict(cfg.colearner.head.options)},
+        "inner": {"steps": cfg.inner.steps, "lr": lr, "first_order": cfg.inner.first_order},
+        "flops": flops,
+        "matmul": {
+            "n": matmul_n,
+            "flops": mm_flops,
+            "gflop_per_s": mm_rate / 1e9,
+            "gflop_per_cpu_s": mm_cpu / 1e9,
+        },
+        "achieved_gflop_per_s": {name: x / 1e9 for name, x in achieved.items()},
+        "achieved_gflop_per_cpu_s": {name: x / 1e9 for name, x in achieved_cpu.items()},
+        "ratios_by_cpu_time": by_cpu,
+        "per_image_pipeline": PER_IMAGE_NOTE,
+    }
+
+
 def run(
     repeats: int = 5,
     quick: bool = False,
@@ -465,10 +911,11 @@ def run(
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
     """Run every benchmark; returns ``{"machine", "config", "measurements", "memory",
-    "ratios", "best"}``.
+    "ratios", "best", "goals", "omniglot"}``.
 
     ``quick`` times fewer steps per repeat (a smoke test); the ratios keep their meaning but
-    are noisier.
+    are noisier. The Omniglot benchmarks run at ``threads[0]`` threads (the thread count is
+    part of what a FLOP/s figure means) and are skipped, with a note, without the data.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1 (got {repeats})")
@@ -486,6 +933,10 @@ def run(
         conv, strategy = bench_conv(res, CONV_CHANNELS, base)
         log(f"threads {threads}")
         bench_threads(res, threads, conv, strategy)
+        log(f"omniglot 5w1s at {threads[0]} thread(s)")
+        omniglot = bench_omniglot(res, threads[0], quick)
+        if omniglot["status"] != "ok":
+            log(omniglot["note"])
     finally:
         torch.set_num_threads(base)
     busy_end, wall = busy_cpu_s(), time.perf_counter() - start
@@ -508,6 +959,8 @@ def run(
         "memory": res.memory,
         "ratios": res.ratios,
         "best": res.best,
+        "goals": res.goals,
+        "omniglot": omniglot,
     }
 
 
@@ -542,9 +995,45 @@ def format_report(result: dict) -> str:
     lines += ["", f"{'saved for backward (one meta-step)':<48} {'MiB':>10}"]
     lines += [f"{x['name']:<48} {x['saved_MiB']:>10.3f}" for x in result["memory"]]
     lines += ["", "ratios (engine / reference throughput unless named otherwise)"]
-    lines += [f"  {k:<36} {v:>8.2f}" for k, v in result["ratios"].items()]
-    lines += [f"  {k:<36} {v:>8}" for k, v in result["best"].items()]
-    return "\n".join(lines)
+    lines += [f"  {k:<40} {number(v):>8}" for k, v in result["ratios"].items()]
+    lines += [f"  {k:<40} {v:>8}" for k, v in result["best"].items()]
+    return "\n".join(lines + omniglot_report(result.get("omniglot"), result.get("goals", {})))
+
+
+def number(value: float) -> str:
+    """Two decimals, or two significant digits for small values (a 0.3 % data fraction)."""
+    return f"{value:.2f}" if abs(value) >= 0.1 else f"{value:.2g}"
+
+
+def omniglot_report(section: dict | None, goals: dict[str, dict]) -> list[str]:
+    """The Omniglot section's FLOP figures and every goal, met or not (or why skipped)."""
+    lines = ["", "omniglot 5w1s (Conv-4, preset omniglot-5w1s-cpu)"]
+    if section is None:
+        return []
+    if section["status"] != "ok":
+        return [*lines, f"  {section['note']}"]
+    gflops = section["achieved_gflop_per_s"]
+    lines.append(
+        f"  threads {section['threads']}; matmul {section['matmul']['n']}^2: "
+        f"{section['matmul']['gflop_per_s']:.1f} GFLOP/s"
+    )
+    for name, count in section["flops"].items():
+        lines.append(
+            f"  {name:<22} {count['total'] / 1e9:7.2f} GFLOP per meta-step "
+            f"({count['objective'] / 1e9:.2f} building the loss, "
+            f"{count['outer_backward'] / 1e9:.2f} outer backward): {gflops[name]:.1f} GFLOP/s"
+        )
+    by_cpu = ", ".join(f"{k} {number(v)}" for k, v in section["ratios_by_cpu_time"].items())
+    lines.append(f"  the same ratios by process CPU time: {by_cpu}")
+    lines += ["", "goals (wall-clock medians)"]
+    for key, entry in goals.items():
+        if entry["met"] is None:
+            status = "skipped"
+        else:
+            status = "met" if entry["met"] else "NOT met"
+        value = "-" if entry["value"] is None else number(entry["value"])
+        lines.append(f"  {key:<40} {value:>8}  {status:<8} goal {entry['goal']}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
