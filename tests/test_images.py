@@ -242,3 +242,22 @@ def test_bad_image_settings_are_one_line_errors(tmp_path, capsys, args, message)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "anil", "boil", "metasgd", "mamlpp"])
+@pytest.mark.parametrize("mode", ["none", "cml", "random", "cl"])
+def test_every_algorithm_and_control_runs_on_conv4(algorithm, mode):
+    """One outer step and every applicable evaluation mode, on the library-built Conv-4."""
+    learner = omniglot_like(mode, 1.0, algorithm, channels=4)
+    before = {k: v.detach().clone() for k, v in learner.net.named_parameters()}
+    result = outer_step(learner, make_optimizer(learner, Config()), conv_tasks(2, 1), 0.5)
+    assert torch.isfinite(torch.tensor(result.loss))
+    after = dict(learner.net.named_parameters())
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("model."))
+    if learner.net.colearner is not None:
+        moved = any(not torch.equal(before[k], after[k]) for k in before if "colearner" in k)
+        assert moved == (mode in ("cml", "cl"))  # random: ϕ frozen at its initialisation
+    modes = ["cml"] + (["cml-dagger", "cml-dagger-code"] if mode != "none" else [])
+    for eval_mode in modes:
+        acc = learner.evaluate(conv_tasks(2, 2), eval_mode)["accuracy"]
+        assert acc.shape == (2,) and bool(((acc >= 0) & (acc <= 1)).all())
