@@ -20,7 +20,8 @@ from cmlearn.tasks.batch import generator
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Tests never touch the user's cache; the real data (../shared/data beside the checkout, as in
 # CI) is the default data root unless CMLEARN_DATA says otherwise.
-os.environ["CMLEARN_CACHE"] = tempfile.mkdtemp(prefix="cmlearn-test-cache-")
+# The cache is keyed by the source files' checksums, so one folder can serve every session.
+os.environ["CMLEARN_CACHE"] = str(Path(tempfile.gettempdir()) / "cmlearn-test-cache")
 os.environ.setdefault("CMLEARN_DATA", str(SHARED_DATA))
 needs_omniglot = pytest.mark.skipif(
     not (Path(os.environ["CMLEARN_DATA"]) / "omniglot" / "images_background.zip").exists(),

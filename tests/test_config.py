@@ -78,3 +78,22 @@ def test_typed_assignments_skip_string_parsing():
         cfg.apply([("train.seed", -1)])
     with pytest.raises(CmlearnError, match="train.steps"):
         cfg.apply([("train.steps", 10**20)])
+
+
+def test_switching_algorithm_resets_what_the_previous_one_set():
+    cfg = get_preset("sinusoid-5shot").with_algorithm("mamlpp").with_algorithm("maml")
+    assert cfg.inner == get_preset("sinusoid-5shot").inner
+    cfg = get_preset("sinusoid-5shot").override(["algorithm=metasgd", "algorithm=fomaml"])
+    assert cfg.inner.learn_lr == "none" and cfg.inner.first_order
+    kept = get_preset("sinusoid-5shot").override(["inner.steps=3", "algorithm=anil"])
+    assert kept.inner.steps == 3  # settings no algorithm owns survive
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    ["train.meta_lr=inf", "colearner.gamma=nan", "inner.lr=1e400", "train.colearner_lr=-inf",
+     "data.options=foo", "model.options=[1,2]"],
+)  # fmt: skip
+def test_non_finite_numbers_and_non_object_options_are_rejected(assignment):
+    with pytest.raises(CmlearnError):
+        get_preset("sinusoid-5shot").override([assignment])

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from cmlearn.algorithms import InnerRule, algorithm_rule
+from cmlearn import CmlearnError
+from cmlearn.algorithms import InnerRule
 from cmlearn.cml import CoLearnerSpec
 from cmlearn.config import Config
 from cmlearn.engine import Learner
@@ -36,7 +37,9 @@ def test_parameter_counts_match_the_paper_and_the_official_code():
     assert n_params(ConvNet(3, 5, 84, extra=3)) == 232_261  # More-MAML
 
 
-def omniglot_like(mode: str, gamma: float, algorithm: str = "maml", **model) -> Learner:
+def omniglot_like(
+    mode: str, gamma: float, algorithm: str = "maml", steps: int = 1, **model
+) -> Learner:
     """A learner built by the library from a Conv-4 config (no data needed: 1×28×28, 5-way)."""
     from cmlearn.build import build_learner
 
@@ -50,6 +53,7 @@ def omniglot_like(mode: str, gamma: float, algorithm: str = "maml", **model) -> 
             ("colearner.gamma", gamma),
             ("algorithm", algorithm),
             ("inner.lr", 0.4),
+            ("inner.steps", steps),
         ]
     )
 
@@ -164,8 +168,7 @@ def test_cml_dagger_on_conv4_against_a_hand_written_adaptation():
 def test_mamlpp_per_step_batchnorm_rows_are_picked_right(monkeypatch):
     """BNWB: the support pass of step i and the query pass after update i use row i; the final
     query evaluation after N updates uses row N − 1; more steps than rows fail loudly."""
-    learner = omniglot_like("none", 0.0, "mamlpp", bn_steps=3)
-    learner.rule = algorithm_rule("mamlpp", InnerRule(steps=3, lr=0.1))
+    learner = omniglot_like("none", 0.0, "mamlpp", steps=3)  # rows follow inner.steps
     bns = [m for m in learner.net.modules() if isinstance(m, StepBatchNorm2d)]
     assert len(bns) == 4 and bns[0].bias.shape == (3, 8)
     with torch.no_grad():
@@ -187,7 +190,7 @@ def test_mamlpp_per_step_batchnorm_rows_are_picked_right(monkeypatch):
     rows.clear()
     learner.evaluate(batch, "cml", steps=3)
     assert rows == [0, 1, 2, 2]
-    with pytest.raises(ValueError, match="per-step BatchNorm rows for 3"):
+    with pytest.raises(CmlearnError, match="per-step BatchNorm rows for 3"):
         learner.evaluate(batch, "cml", steps=4)
 
 
@@ -225,8 +228,8 @@ def test_omniglot_cml_end_to_end_saves_exactly_mamls_network(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--algorithm", "mamlpp", "--set", "model.bn_steps=1", "--set", "eval.steps=3"],
-         "model.bn_steps=1"),
+        (["--algorithm", "mamlpp", "--set", "eval.steps=3"], "eval.steps=3 would use untrained"),
+        (["--set", "model.bn_steps=3"], "rows beyond the training steps"),
         (["--set", "task.ways=2000"], "2000-way tasks need 2000 classes"),
         (["--set", "task.shots=10", "--set", "task.queries=11"], "only 20"),
         (["--set", "colearner.head.name=mlp", "--colearner", "cml"], "head.name=conv"),

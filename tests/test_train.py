@@ -124,3 +124,15 @@ def test_model_and_colearner_from_different_steps_are_refused(cml_cfg, tmp_path)
     torch.save(co, run / COLEARNER)
     with pytest.raises(CmlearnError, match="different steps"):
         load_run(run)
+
+
+def test_resume_keeps_the_length_when_the_rule_follows_training_progress(tiny_cfg, tmp_path):
+    """MAML++'s schedules are fractions of training: another --steps would change the past."""
+    from cmlearn import CmlearnError
+
+    cfg = tiny_cfg.with_algorithm("mamlpp")
+    with pytest.raises(Interrupted):
+        train(cfg, tmp_path / "r", progress=False, should_stop=lambda step: step == 10)
+    with pytest.raises(CmlearnError, match="keeps --steps 40"):
+        train(cfg.apply([("train.steps", 80)]), tmp_path / "r", resume=True, progress=False)
+    train(cfg, tmp_path / "r", resume=True, progress=False)  # the same length resumes

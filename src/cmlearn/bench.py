@@ -14,6 +14,11 @@ variants compared with each other are interleaved repeat by repeat (in alternati
 that drift on a shared machine hits them alike. Memory is the bytes of the distinct storages
 autograd saves for backward during one meta-step's forward (``saved_tensors_hooks``): CPU has
 no allocator statistics, and these tensors are what the meta-gradient keeps alive.
+
+On real Omniglot (the ``omniglot-5w1s-cpu`` preset, built as ``cmlearn train`` builds it) the
+bench also reports a meta-step's achieved FLOP/s (counted by ``FlopCounterMode``) over a large
+matmul's, the tensor-indexing sampler against a per-image decode pipeline, and CML's overhead,
+each with the goal it was asked to meet; without the data these entries are skipped.
 """
 
 from __future__ import annotations

@@ -37,8 +37,9 @@ def build_learner(cfg: Config, source: TaskSource, device: torch.device | None =
     spec = CoLearnerSpec(cfg.colearner.mode, cfg.colearner.gamma)
     try:
         with _seeded("init", cfg.train.seed):
+            rows = cfg.inner.steps if cfg.inner.per_step_bn else 0
             model = MODELS.get(cfg.model.name).build(
-                cfg.model.options, source.input_shape, source.out_features
+                cfg.model.options, source.input_shape, source.out_features, rows
             )
         colearner = None
         if spec.active:
@@ -59,11 +60,16 @@ def build_learner(cfg: Config, source: TaskSource, device: torch.device | None =
         raise CmlearnError(str(err)) from None
     learner = Learner.create(net, cfg.inner, spec, source.loss, resolve_strategy(cfg, net))
     rows = learner.rows()
-    if rows is not None and rows < max(cfg.inner.steps, cfg.eval_steps):
+    if rows is not None and rows != cfg.inner.steps:
         raise CmlearnError(
-            f"model.bn_steps={rows} gives per-step BatchNorm rows for {rows} inner steps, but "
-            f"inner.steps={cfg.inner.steps} and eval.steps={cfg.eval_steps}; set "
-            "model.bn_steps to at least both"
+            f"per-step BatchNorm has {rows} rows but inner.steps={cfg.inner.steps}: rows beyond "
+            "the training steps would never be trained; set model.bn_steps to inner.steps"
+        )
+    if rows is not None and cfg.eval_steps > rows:
+        raise CmlearnError(
+            f"per-step BatchNorm has rows for {rows} inner steps; eval.steps={cfg.eval_steps} "
+            "would use untrained rows (MAML++'s code fails the same way); set eval.steps <= "
+            f"{rows}"
         )
     return learner
 

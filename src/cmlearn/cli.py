@@ -233,11 +233,12 @@ def _compare_and_report(
     from cmlearn.build import build_source
     from cmlearn.compare import compare, format_table
     from cmlearn.evaluate import fixed_tasks
+    from cmlearn.files import atomic_text
     from cmlearn.plots import learning_curves, sinusoid_fits
     from cmlearn.runs import load_run
 
     report = compare(cfg, methods, seeds, out, progress=not quiet, runtime=runtime)
-    (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_text(json.dumps(report, indent=2) + "\n", out / "compare.json")
     print(json.dumps(report) if as_json else format_table(report))
     runs = {k: Path(v) for k, v in report["runs"].items()}
     plots = [learning_curves(runs, out / "learning_curves.png")]
@@ -288,9 +289,17 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from cmlearn import bench
 
-    argv = (["--json"] if args.json else []) + (["--quick"] if args.quick else [])
     _positive("--repeats", args.repeats)
-    return bench.main(argv + ["--repeats", str(args.repeats), "--threads", args.threads]) or 0
+    try:
+        threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
+    except ValueError:
+        raise CmlearnError(f"--threads expects comma-separated integers, got {args.threads!r}")
+    if not threads or min(threads) < 1:
+        raise CmlearnError("--threads needs at least one positive thread count")
+    log = (lambda _: None) if args.json else (lambda s: print(f"... {s}", file=sys.stderr))
+    result = bench.run(args.repeats, args.quick, threads, log)
+    print(json.dumps(result) if args.json else bench.format_report(result))
+    return 0
 
 
 COMMANDS = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -81,7 +82,10 @@ class CoLearnerConfig:
 
     def __post_init__(self) -> None:
         check(self.mode in CO_MODES, f"colearner.mode must be one of {CO_MODES}")
-        check(self.gamma >= 0, "colearner.gamma must be a non-negative number")
+        check(
+            math.isfinite(self.gamma) and self.gamma >= 0,
+            "colearner.gamma must be a finite non-negative number",
+        )
 
 
 @dataclass
@@ -100,8 +104,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check(0 <= self.steps <= MAX_STEPS, f"train.steps must be in [0, {MAX_STEPS}]")
-        check(self.meta_lr > 0, "train.meta_lr must be positive")
-        check(self.colearner_lr >= 0, "train.colearner_lr must not be negative (0 = meta_lr)")
+        check(
+            math.isfinite(self.meta_lr) and self.meta_lr > 0,
+            "train.meta_lr must be a finite positive number",
+        )
+        check(
+            math.isfinite(self.colearner_lr) and self.colearner_lr >= 0,
+            "train.colearner_lr must be finite and not negative (0 = meta_lr)",
+        )
         check(self.task_chunk >= 0, "train.task_chunk must not be negative (0 = all tasks)")
         check(self.val_every > 0, "train.val_every must be positive")
         check(0 < self.val_tasks <= 1_000_000, "train.val_tasks must be in [1, 1000000]")
@@ -239,7 +249,12 @@ def _set_choice(choice: Choice, head: str, rest: str, value: Any, dotted: str) -
         return type(choice)(str(value)) if value != choice.name else choice
     if head == "options":
         if not rest:
-            return type(choice)(choice.name, value if isinstance(value, dict) else None)
+            if not isinstance(value, dict):
+                raise CmlearnError(
+                    f"config key {dotted!r} takes an object of options, e.g. "
+                    f'{{"{next(iter(dataclasses.asdict(choice.options)), "x")}": …}}'
+                )
+            return type(choice)(choice.name, value)
         head, _, rest = rest.partition(".")
     if rest:
         raise CmlearnError(f"config key {dotted!r}: options are not nested")

@@ -15,32 +15,43 @@ from cmlearn.tasks.batch import generator
 CHUNK = 500  # tasks drawn per generator; fixed, so the tasks depend only on the seed
 
 
-def fixed_tasks(source: TaskSource, n_tasks: int, seed: int, split: str) -> list[TaskBatch]:
+def fixed_tasks(
+    source: TaskSource, n_tasks: int, seed: int, split: str, keep: bool = False
+) -> list[_Chunk]:
     """``n_tasks`` tasks of ``split`` (``val`` or ``test``) in chunks of at most ``CHUNK``.
 
     Chunk ``i`` depends only on ``(split, seed, i)`` (its own random stream), so every
     method, run seed and training length sees the same tasks, validation and test tasks
     never coincide, and the first N tasks of a larger evaluation are those of a smaller one.
-    Chunks are drawn lazily, one at a time, so a large test never sits in memory at once.
+    Chunks are drawn lazily, one at a time, so a large test never sits in memory at once;
+    ``keep`` holds them once drawn (validation, scored many times) instead.
     """
     return [
-        _Chunk(source, seed, split, i, min(CHUNK, n_tasks - start))
+        _Chunk(source, seed, split, i, min(CHUNK, n_tasks - start), keep)
         for i, start in enumerate(range(0, n_tasks, CHUNK))
     ]
 
 
 class _Chunk:
-    """A chunk of fixed tasks, sampled when first used and kept (validation reuses it)."""
+    """A chunk of fixed tasks, sampled when used (and kept if asked)."""
 
-    def __init__(self, source: TaskSource, seed: int, split: str, index: int, size: int) -> None:
+    def __init__(
+        self, source: TaskSource, seed: int, split: str, index: int, size: int, keep: bool
+    ) -> None:
         self.source, self.seed, self.split, self.index, self.size = source, seed, split, index, size
+        self.keep = keep
         self._batch: TaskBatch | None = None
 
     def get(self) -> TaskBatch:
-        if self._batch is None:
-            gen = generator(self.split, self.seed, self.index)
-            self._batch = self.source.sample(CHUNK, gen, self.split)[: self.size]
-        return self._batch
+        if self._batch is not None:
+            return self._batch
+        gen = generator(self.split, self.seed, self.index)
+        batch = self.source.sample(CHUNK, gen, self.split)
+        if self.size < CHUNK:  # own copies: a slice would keep all CHUNK tasks alive
+            batch = batch[: self.size].clone()
+        if self.keep:
+            self._batch = batch
+        return batch
 
 
 def batches(chunks: list, size: int = 0) -> list[TaskBatch]:

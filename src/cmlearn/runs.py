@@ -53,6 +53,9 @@ class RunFolder:
     def has_checkpoint(self) -> bool:
         return (self.path / CHECKPOINT).exists()
 
+    def read_config(self) -> Config:
+        return read_config(self.path)
+
     def write_config(self, cfg: Config) -> None:
         atomic_text(json.dumps(cfg.to_dict(), indent=2) + "\n", self.path / CONFIG)
 

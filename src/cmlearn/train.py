@@ -156,10 +156,17 @@ def train(
             raise CmlearnError(
                 f"{out} is already at step {state.step}; --steps must be at least that"
             )
+        saved = folder.read_config()
+        if cfg.inner.scheduled and saved.train.steps != cfg.train.steps:
+            raise CmlearnError(
+                f"{cfg.algorithm}'s schedules (multi-step loss, derivative order) follow the "
+                f"fraction of training done, so a resumed run keeps --steps "
+                f"{saved.train.steps}; start a new run for another length"
+            )
         folder.truncate_metrics(state.step)
     folder.write_config(cfg)
 
-    val = fixed_tasks(source, cfg.train.val_tasks, cfg.eval.seed, "val")
+    val = fixed_tasks(source, cfg.train.val_tasks, cfg.eval.seed, "val", keep=True)
     better = (lambda a, b: a < b) if lower_is_better(source.metric) else (lambda a, b: a > b)
     total = cfg.train.steps
     stop = _StopFlag()
@@ -187,8 +194,7 @@ def train(
                     )
                 except FloatingPointError as err:
                     raise CmlearnError(
-                        f"loss became {err.args[0]} at step {step}; stopped. The best checkpoint "
-                        f"(step {state.best_step}) and the last checkpoint are kept in {out}"
+                        f"loss became {err.args[0]} at step {step}; stopped. {_kept(state, out)}"
                     ) from None
                 if result.analysis is not None:
                     emit({"step": step, "gradients": result.analysis})
@@ -216,6 +222,11 @@ def train(
                             cfg.eval.batch or CHUNK,
                         ).mean()
                     )
+                    if not math.isfinite(value):
+                        raise CmlearnError(
+                            f"validation {source.metric} became {value} at step {state.step}; "
+                            f"stopped. {_kept(state, out)}"
+                        )
                     emit({"step": state.step, f"val_{source.metric}": value})
                     if state.best_step < 0 or better(value, state.best):
                         state.best, state.best_step = value, state.step
@@ -236,6 +247,12 @@ def train(
         f"best_val_{source.metric}": state.best if not math.isnan(state.best) else None,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _kept(state: RunState, out: Path) -> str:
+    if state.best_step < 0:
+        return f"No checkpoint had been written yet; {out} holds no model."
+    return f"The best model (step {state.best_step}) and the last checkpoint are kept in {out}."
 
 
 class _StopFlag:

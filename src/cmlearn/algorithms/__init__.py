@@ -19,22 +19,32 @@ ALGORITHMS: dict[str, dict] = {
     "metasgd": {"learn_lr": "element"},
     # Antoniou et al. 2019: learned per-layer per-step step sizes, multi-step loss annealed
     # over the first 10% of training, first order for the first 30%, BatchNorm γ/β outer-loop
-    # only (per-step γ/β rows come from the model: conv4's ``bn_steps`` option).
+    # only, one row of γ/β per inner step (BNWB) in models that have BatchNorm.
     "mamlpp": {
         "learn_lr": "layer-step",
         "multi_step_loss": True,
         "msl_anneal": 0.1,
         "first_order_until": 0.3,
         "adapt_bn": False,
+        "per_step_bn": True,
     },
 }
 
 
+OWNED = sorted({key for overrides in ALGORITHMS.values() for key in overrides})
+
+
 def algorithm_rule(name: str, base: InnerRule) -> InnerRule:
-    """``base`` (steps, α, …) with the overrides that define algorithm ``name``."""
+    """``base`` (steps, α, …) with the overrides that define algorithm ``name``.
+
+    Every field some algorithm overrides is first reset to its default, so switching from
+    ``mamlpp`` to ``maml`` does not keep MAML++'s learned step sizes or loss schedule.
+    """
     if name not in ALGORITHMS:
         raise KeyError(f"unknown algorithm {name!r}; choose from {', '.join(ALGORITHMS)}")
-    return replace(base, **ALGORITHMS[name])
+    defaults = InnerRule()
+    reset = {key: getattr(defaults, key) for key in OWNED}
+    return replace(base, **(reset | ALGORITHMS[name]))
 
 
 __all__ = ["ALGORITHMS", "InnerRule", "adapt", "algorithm_rule", "group_of"]

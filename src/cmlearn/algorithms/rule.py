@@ -7,6 +7,7 @@ order, and how the query losses of the steps are weighted. ``adapt`` is the only
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ class InnerRule:
         meta-training, second order after.
     adapt_bn: whether BatchNorm γ/β step in the inner loop (MAML and the CML code: yes;
         MAML++: no, they are outer-loop only).
+    per_step_bn: one row of BatchNorm γ/β per inner step (MAML++'s BNWB), where the model
+        has BatchNorm.
     """
 
     steps: int = 1
@@ -46,12 +49,19 @@ class InnerRule:
     msl_anneal: float = 0.0
     first_order_until: float = 0.0
     adapt_bn: bool = True
+    per_step_bn: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= 10_000:
             raise ValueError(f"inner.steps must be in [1, 10000] (got {self.steps})")
-        if not self.lr > 0:
-            raise ValueError("inner.lr must be positive (freeze a group with *_scale=0)")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(
+                "inner.lr must be a finite positive number (freeze a group with *_scale=0)"
+            )
+        if not all(
+            math.isfinite(v) for v in (self.body_scale, self.head_scale, self.first_order_until)
+        ):
+            raise ValueError("inner scales and first_order_until must be finite")
         if self.msl_anneal < 0:
             raise ValueError("inner.msl_anneal must not be negative")
         if self.learn_lr not in LEARN_LR:
@@ -85,6 +95,12 @@ class InnerRule:
         if self.learn_lr == "layer-step":
             return size[min(step, size.shape[0] - 1)]
         return size
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the rule changes with training progress (so the length of training is part
+        of the schedule, and a resume may not change it)."""
+        return (self.multi_step_loss and self.msl_anneal > 0) or self.first_order_until > 0
 
     def is_first_order(self, progress: float) -> bool:
         return self.first_order or progress < self.first_order_until

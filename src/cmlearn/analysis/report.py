@@ -27,6 +27,7 @@ from cmlearn.analysis.representations import cka_by_layer, layer_names, task_act
 from cmlearn.build import build_source
 from cmlearn.engine import Learner
 from cmlearn.evaluate import batches, fixed_tasks
+from cmlearn.files import atomic_text
 from cmlearn.runs import METRICS, MODEL, load_run
 from cmlearn.runtime import Runtime
 from cmlearn.tasks import TaskBatch, TaskSource
@@ -76,7 +77,7 @@ def analyze(
     for name, draw in FIGURES.values():
         draw(results, out / name)
     text = json.dumps(_finite(report), indent=1, allow_nan=False) + "\n"
-    (out / "analysis.json").write_text(text)
+    atomic_text(text, out / "analysis.json")
     report["out"] = str(out)
     return report
 

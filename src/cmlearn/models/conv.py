@@ -84,7 +84,7 @@ class Conv4Options:
     blocks: int = 4
     bn: str = "transductive"  # transductive (MAML's batch statistics) | running
     extra: int = 0  # More-MAML: unpooled conv blocks added after the last block (3 → 232K)
-    bn_steps: int = 0  # MAML++ BNWB: γ/β rows per inner step (set to inner.steps); 0 = shared
+    bn_steps: int = 0  # γ/β rows per inner step (BNWB); MAML++ sets inner.steps; 0 = shared
 
     def __post_init__(self) -> None:
         check(0 < self.channels <= 4096, "model.channels must be in [1, 4096]")
@@ -95,7 +95,11 @@ class Conv4Options:
 
 
 @MODELS.register("conv4", Conv4Options, "Conv-4 (conv3×3-BN-ReLU-pool blocks; last pool in head)")
-def conv4(options: Conv4Options, input_shape: tuple[int, ...], out_features: int) -> ConvNet:
+def conv4(
+    options: Conv4Options, input_shape: tuple[int, ...], out_features: int, step_rows: int = 0
+) -> ConvNet:
+    """``step_rows``: per-step BatchNorm rows the algorithm asks for (MAML++), unless
+    ``bn_steps`` sets them."""
     if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
         raise ValueError(f"model 'conv4' needs square images, not examples of shape {input_shape}")
     return ConvNet(
@@ -106,5 +110,5 @@ def conv4(options: Conv4Options, input_shape: tuple[int, ...], out_features: int
         options.blocks,
         options.bn,
         options.extra,
-        options.bn_steps,
+        options.bn_steps or step_rows,
     )

@@ -37,7 +37,10 @@ class MLPOptions:
 
 
 @MODELS.register("mlp", MLPOptions, "ReLU MLP on vector inputs (body = hidden layers)")
-def mlp(options: MLPOptions, input_shape: tuple[int, ...], out_features: int) -> MLP:
+def mlp(
+    options: MLPOptions, input_shape: tuple[int, ...], out_features: int, step_rows: int = 0
+) -> MLP:
+    """No BatchNorm, so ``step_rows`` (MAML++'s per-step BatchNorm) does not apply."""
     if len(input_shape) != 1:
         raise ValueError(f"model 'mlp' needs vector inputs, not examples of shape {input_shape}")
     return MLP(input_shape[0], options.hidden, out_features)

@@ -37,6 +37,15 @@ class TaskBatch:
             }
         )
 
+    def clone(self) -> TaskBatch:
+        """Compact copies (a slice of a larger batch otherwise keeps all of it alive)."""
+        return TaskBatch(
+            **{
+                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).clone()
+                for f in fields(self)
+            }
+        )
+
     def to(self, device: torch.device | str) -> TaskBatch:
         return TaskBatch(
             **{

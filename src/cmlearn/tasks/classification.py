@@ -64,7 +64,8 @@ class ClassificationSource:
         pool, classes = self.dataset.pool, self.dataset.splits[split]
         n, k = self.ways, self.shots
         q = self.queries if split == "train" else self.eval_queries
-        chosen = torch.rand(n_tasks, len(classes), generator=gen).argsort(1)[:, :n]  # [T, N]
+        keys = torch.rand(n_tasks, len(classes), generator=gen)  # a random order of classes
+        chosen = keys.topk(n, 1, largest=False).indices  # its first N: [T, N]
         ids = classes.classes[chosen]
         turns = classes.rotations[chosen]
         drawn = torch.randint(0, 4, turns.shape, generator=gen)
@@ -73,7 +74,7 @@ class ClassificationSource:
         most = int(counts.max())
         keys = torch.rand(n_tasks, n, most, generator=gen)
         keys = keys.masked_fill(torch.arange(most) >= counts[..., None], 2.0)
-        picks = keys.argsort(-1)[..., : k + q]  # distinct examples of each class
+        picks = keys.topk(k + q, -1, largest=False).indices  # distinct examples per class
         index = pool.offsets[ids][..., None] + picks  # [T, N, K+Q]
         x = pool.images[index.to(pool.images.device)]  # [T, N, K+Q, C, H, W] uint8
         x = rotate(x, turns.to(x.device))

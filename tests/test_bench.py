@@ -1,0 +1,166 @@
+"""Smoke tests of the benchmark harness's Omniglot entries: structure, not timings.
+
+The Omniglot data is a tiny fixture written here (six characters in the official zip layout,
+with their own Vinyals split files), so the tests need neither the real data nor minutes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cmlearn import bench
+from cmlearn.runtime import Runtime
+
+CHARACTERS = {  # zip set -> alphabet -> characters; split -> the characters it names
+    "background": {"Alpha": ["character01", "character02", "character03", "character04"]},
+    "evaluation": {"Beta": ["character01", "character02"]},
+}
+SPLITS = {
+    "train": {"background": {"Alpha": ["character01", "character02"]}},
+    "val": {"background": {"Alpha": ["character03", "character04"]}},
+    "test": {"evaluation": {"Beta": ["character01", "character02"]}},
+}
+TINY = ("model.channels=4", "task.meta_batch=2")
+OMNIGLOT_RATIOS = (
+    "omniglot_step_flop_efficiency",
+    "omniglot_step_flop_efficiency_reference",
+    "omniglot_engine_speedup",
+    "cml_overhead_omniglot",
+    "omniglot_sampling_speedup",
+    "omniglot_data_time_fraction",
+)
+GOAL_KEYS = (
+    "omniglot_step_flop_efficiency",
+    "omniglot_sampling_speedup",
+    "omniglot_data_time_fraction",
+    "cml_overhead_omniglot",
+)
+
+
+def drawing(rng: np.random.Generator) -> bytes:
+    """A 105×105 1-bit PNG with a few random strokes, like an Omniglot drawing."""
+    from PIL import Image
+
+    pixels = np.ones((105, 105), dtype=bool)
+    for _ in range(3):
+        row, col = rng.integers(10, 95, size=2)
+        pixels[row - 2 : row + 2, col - 30 : col + 10] = False
+        pixels[row - 25 : row + 5, col - 2 : col + 2] = False
+    out = io.BytesIO()
+    Image.fromarray(pixels).convert("1").save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def tiny_omniglot(tmp_path: Path) -> Runtime:
+    """A data root with the official layout (20 drawings a character) and split files."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "omniglot"
+    folder.mkdir(parents=True)
+    for name, alphabets in CHARACTERS.items():
+        with zipfile.ZipFile(folder / f"images_{name}.zip", "w") as archive:
+            for alphabet, chars in alphabets.items():
+                for i, char in enumerate(chars):
+                    for d in range(1, 21):
+                        path = f"images_{name}/{alphabet}/{char}/{i:04d}_{d:02d}.png"
+                        archive.writestr(path, drawing(rng))
+    splits = folder / "splits" / "vinyals"
+    splits.mkdir(parents=True)
+    for split, spec in SPLITS.items():
+        (splits / f"{split}.json").write_text(json.dumps(spec))
+    return Runtime(tmp_path / "data", tmp_path / "cache", torch.device("cpu"))
+
+
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_results() -> bench.Results:
+    return bench.Results(bench.Plan(1, 0, dict.fromkeys(bench.QUICK_STEPS, 1)))
+
+
+def positive(value: object) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_omniglot_benchmarks_report_every_ratio_and_goal(tiny_omniglot, keep_threads):
+    res = tiny_results()
+    section = bench.bench_omniglot(
+        res, threads=1, quick=True, runtime=tiny_omniglot, overrides=TINY, matmul_n=64
+    )
+    assert section["status"] == "ok"
+    assert section["threads"] == 1 and section["task"]["meta_batch"] == 2
+    for key in OMNIGLOT_RATIOS:
+        assert positive(res.ratios[key]), (key, res.ratios[key])
+        assert positive(section["ratios_by_cpu_time"][key]), key
+    for key in GOAL_KEYS:
+        entry = res.goals[key]
+        assert entry["value"] == res.ratios[key] and isinstance(entry["met"], bool)
+        assert entry["goal"].startswith(("<=", ">="))
+    parts = res.goals["omniglot_step_flop_efficiency"]["parts"]
+    assert parts["engine_speedup"]["value"] == res.ratios["omniglot_engine_speedup"]
+
+    names = {r["name"] for r in res.rows}
+    assert {"omniglot/engine-loop/maml", "omniglot/engine-loop/cml"} <= names
+    assert {"omniglot/reference/maml", "omniglot/sampler/per-image"} <= names
+    assert all(positive(r["s_per_step"]) and r["threads"] == 1 for r in res.rows)
+
+    for name, count in section["flops"].items():  # counted, not formulas: both phases
+        assert count["total"] == count["objective"] + count["outer_backward"] > 0, name
+        assert count["by_op"]["objective"]["aten.convolution"] > 0
+        assert count["by_op"]["outer_backward"]["aten.convolution_backward"] > 0
+    flops = section["flops"]
+    assert flops["engine-loop/maml"]["total"] == flops["reference/maml"]["total"]
+    assert flops["engine-loop/cml"]["total"] > flops["engine-loop/maml"]["total"]
+    assert section["matmul"]["flops"] == 2 * 64**3
+    json.dumps(section)  # the report is plain JSON
+
+    text = "\n".join(bench.omniglot_report(section, res.goals))
+    assert "omniglot_sampling_speedup" in text and "GFLOP/s" in text
+
+
+def test_the_per_image_baseline_gives_the_pools_pixels(tiny_omniglot):
+    setup = bench.omniglot_setup(tiny_omniglot, TINY)
+    pipeline = bench.PerImagePipeline(setup.data_root, setup.source)
+    bench.check_pipeline(pipeline, setup.source)  # raises on any difference
+    batch = pipeline.sample(3, bench.random.Random(1))
+    assert batch.support_x.shape == (3, 5, 1, 28, 28) and batch.query_x.shape == (3, 25, 1, 28, 28)
+    assert batch.support_y.tolist()[0] == [0, 1, 2, 3, 4]
+
+
+def test_missing_omniglot_is_skipped_with_a_note(tmp_path, keep_threads):
+    res = tiny_results()
+    runtime = Runtime(tmp_path / "nothing", tmp_path / "cache", torch.device("cpu"))
+    section = bench.bench_omniglot(res, threads=1, runtime=runtime, overrides=TINY)
+    assert section["status"] == "skipped" and "Omniglot not found" in section["note"]
+    assert not res.rows and not any(k in res.ratios for k in OMNIGLOT_RATIOS)
+    for key in GOAL_KEYS:
+        assert res.goals[key]["met"] is None and res.goals[key]["value"] is None
+        assert res.goals[key]["skipped"] == section["note"]
+    assert section["note"] in "\n".join(bench.omniglot_report(section, res.goals))
+
+
+def test_a_variant_can_time_its_own_number_of_steps():
+    calls = {"a": 0, "b": 0}
+
+    def counter(name: str):
+        return lambda: calls.__setitem__(name, calls[name] + 1)
+
+    variants = [
+        bench.Variant("a", counter("a"), 1, {}, torch.get_num_threads()),
+        bench.Variant("b", counter("b"), 1, {}, torch.get_num_threads(), steps=5),
+    ]
+    times = bench.time_interleaved(variants, steps=2, repeats=3, warmup=1)
+    assert calls == {"a": 1 + 2 * 3, "b": 1 + 5 * 3}
+    assert all(len(t) == 3 for t in times.values())
