@@ -293,7 +293,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         threads = tuple(int(t) for t in args.threads.split(",") if t.strip())
     except ValueError:
-        raise CmlearnError(f"--threads expects comma-separated integers, got {args.threads!r}")
+        raise CmlearnError(
+            f"--threads expects comma-separated integers, got {args.threads!r}"
+        ) from None
     if not threads or min(threads) < 1:
         raise CmlearnError("--threads needs at least one positive thread count")
     log = (lambda _: None) if args.json else (lambda s: print(f"... {s}", file=sys.stderr))
