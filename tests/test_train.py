@@ -136,3 +136,14 @@ def test_resume_keeps_the_length_when_the_rule_follows_training_progress(tiny_cf
     with pytest.raises(CmlearnError, match="keeps --steps 40"):
         train(cfg.apply([("train.steps", 80)]), tmp_path / "r", resume=True, progress=False)
     train(cfg, tmp_path / "r", resume=True, progress=False)  # the same length resumes
+
+
+def test_maml_logs_its_own_gradient_norms_for_fig_3c(tiny_cfg, tmp_path):
+    train(tiny_cfg.override(["train.analysis_every=10"]), tmp_path / "m", progress=False)
+    records = [
+        json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()
+    ]
+    grads = [r["gradients"] for r in records if "gradients" in r]
+    assert len(grads) == 4
+    for layer in grads[0].values():
+        assert layer["meta_norm"] > 0 and layer["co_norm"] is None and layer["cosine"] is None

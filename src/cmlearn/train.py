@@ -77,25 +77,25 @@ def meta_gradient(
     n = batch.n_tasks
     size = chunk if 0 < chunk < n else n
     total = meta = co = 0.0
-    grads: tuple[dict[str, Tensor], dict[str, Tensor]] | None = None
+    grads: list[dict[str, Tensor]] | None = None  # meta (and co) body gradients
     for start in range(0, n, size):
         part = batch[start : start + size]
         weight = part.n_tasks / n
         loss, terms = learner.meta_objective(part, progress)
         if not torch.isfinite(loss):
             raise FloatingPointError(loss.item())
-        if analyse and learner.co.active:
+        if analyse:
             params = learner.params()
-            g_meta = body_gradients(params, weight * terms["meta"].mean())
-            g_co = body_gradients(params, weight * learner.co.gamma * terms["co"].mean())
-            grads = (
-                (g_meta, g_co)
-                if grads is None
-                else (
-                    {k: grads[0][k] + v for k, v in g_meta.items()},
-                    {k: grads[1][k] + v for k, v in g_co.items()},
-                )
-            )
+            parts = [body_gradients(params, weight * terms["meta"].mean())]
+            if learner.co.active:
+                co_loss = weight * learner.co.gamma * terms["co"].mean()
+                parts.append(body_gradients(params, co_loss))
+            if grads is not None:
+                parts = [
+                    {k: acc[k] + v for k, v in part.items()}
+                    for acc, part in zip(grads, parts, strict=True)
+                ]
+            grads = parts
         (loss * weight if weight != 1.0 else loss).backward()
         total += weight * loss.item()
         meta += weight * terms["meta"].mean().item()
@@ -104,7 +104,7 @@ def meta_gradient(
         total,
         meta,
         co if learner.co.active else None,
-        split_stats(*grads) if grads is not None else None,
+        split_stats(grads[0], grads[1] if len(grads) > 1 else None) if grads else None,
     )
 
 

@@ -23,18 +23,26 @@ def body_gradients(params: dict[str, Tensor], loss: Tensor) -> dict[str, Tensor]
     }
 
 
-def split_stats(meta: dict[str, Tensor], co: dict[str, Tensor]) -> dict[str, dict[str, float]]:
+def split_stats(
+    meta: dict[str, Tensor], co: dict[str, Tensor] | None
+) -> dict[str, dict[str, float | None]]:
     """Per body layer: norms of the two gradients and their cosine similarity. A layer's
-    parameters (weight and bias) are concatenated into one vector."""
+    parameters (weight and bias) are concatenated into one vector. Without a co-learner term
+    (``co`` is None: plain MAML, for the paper's Fig. 3c) only the meta norm is known."""
     layers: dict[str, tuple[list[Tensor], list[Tensor]]] = {}
     for name in meta:
         layer = name.removeprefix("model.body.").rsplit(".", 1)[0]
         m, c = layers.setdefault(layer, ([], []))
         m.append(meta[name].flatten())
-        c.append(co[name].flatten())
-    out = {}
+        if co is not None:
+            c.append(co[name].flatten())
+    out: dict[str, dict[str, float | None]] = {}
     for layer, (m, c) in layers.items():
-        vm, vc = torch.cat(m), torch.cat(c)
+        vm = torch.cat(m)
+        if co is None:
+            out[layer] = {"meta_norm": vm.norm().item(), "co_norm": None, "cosine": None}
+            continue
+        vc = torch.cat(c)
         cos = torch.nn.functional.cosine_similarity(vm, vc, dim=0, eps=1e-12)
         out[layer] = {
             "meta_norm": vm.norm().item(),

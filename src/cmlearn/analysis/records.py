@@ -96,7 +96,7 @@ def gradient_series(records: list[dict], path: Path | str = METRICS) -> dict:
     if not logged:
         return {
             "skipped": "no gradient records: trained with train.analysis_every=0 "
-            "or without a co-learner term (colearner.mode=none)"
+            "(runs without a co-learner log the meta norms only)"
         }
     layers: dict[str, dict[str, list[float]]] = {}
     for record in logged:
