@@ -51,6 +51,18 @@ def sinusoid_batch(n_tasks: int = 3, shots: int = 5, queries: int = 7, seed: int
     return SinusoidFamily().sample(n_tasks, shots, queries, generator("test", seed, 99))
 
 
+def central_difference(learner: Learner, batch, name: str, index: int, eps: float = 1e-6) -> float:
+    """d(meta-loss)/d(parameter ``name``, flat ``index``) by central differences."""
+    flat = learner.net.get_parameter(name).data.view(-1)
+    old = flat[index].item()
+    flat[index] = old + eps
+    up = learner.meta_objective(batch)[0].item()
+    flat[index] = old - eps
+    down = learner.meta_objective(batch)[0].item()
+    flat[index] = old
+    return (up - down) / (2 * eps)
+
+
 @pytest.fixture
 def float64():
     old = torch.get_default_dtype()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cmlearn.engine import STRATEGIES
-from tests.conftest import make_learner, sinusoid_batch
+from tests.conftest import central_difference, make_learner, sinusoid_batch
 
 
 def _finite_difference(learner, batch, eps: float = 1e-6) -> dict[str, torch.Tensor]:
@@ -15,15 +15,8 @@ def _finite_difference(learner, batch, eps: float = 1e-6) -> dict[str, torch.Ten
         if not p.requires_grad:
             continue
         g = torch.zeros_like(p)
-        flat = p.data.view(-1)
-        for i in range(flat.numel()):
-            old = flat[i].item()
-            flat[i] = old + eps
-            up = learner.meta_objective(batch)[0].item()
-            flat[i] = old - eps
-            down = learner.meta_objective(batch)[0].item()
-            flat[i] = old
-            g.view(-1)[i] = (up - down) / (2 * eps)
+        for i in range(p.numel()):
+            g.view(-1)[i] = central_difference(learner, batch, name, i, eps)
         grads[name] = g
     return grads
 

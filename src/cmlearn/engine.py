@@ -60,11 +60,11 @@ def forward_tasks(
         return vmap(one)(params, x)
     # unbind, not v[i]: one backward node per tensor instead of one zero-filled task-sized
     # gradient buffer per index (measured ~10% of a Conv-4 step)
-    names = list(params)
-    tasks = zip(*(params[k].unbind(0) for k in names), strict=True) if names else None
+    names = list(params)  # never empty: the meta-learner's parameters are always passed
+    tasks = zip(*(params[k].unbind(0) for k in names), strict=True)
     outs = [
-        one(dict(zip(names, task, strict=True)) if names else {}, xi)
-        for task, xi in zip(tasks or [()] * x.shape[0], x.unbind(0), strict=True)
+        one(dict(zip(names, task, strict=True)), xi)
+        for task, xi in zip(tasks, x.unbind(0), strict=True)
     ]
     return tuple(torch.stack(o) for o in zip(*outs, strict=True))
 
@@ -130,7 +130,7 @@ class Learner:
         """Inner steps the per-step parameters cover (None: no per-step parameters)."""
         if not self.per_step:
             return None
-        return dict(self.net.named_parameters())[next(iter(self.per_step))].shape[0]
+        return self.net.get_parameter(next(iter(self.per_step))).shape[0]
 
     def _check_steps(self, steps: int) -> None:
         rows = self.rows()
