@@ -8,12 +8,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cmlearn import CmlearnError
-from cmlearn.algorithms import ALGORITHMS
-from cmlearn.cml import CO_MODES, EVAL_MODES
-from cmlearn.config import Config
+from cmlearn import CmlearnError, Interrupted
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads lazily, inside main(), so Ctrl-C during imports is handled
+    from cmlearn.config import Config
     from cmlearn.runtime import Runtime
 
 DEMO_PRESET = "sinusoid-5shot-cpu"
@@ -38,6 +36,9 @@ def _runtime(args: argparse.Namespace) -> Runtime:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from cmlearn.algorithms import ALGORITHMS
+    from cmlearn.cml import CO_MODES, EVAL_MODES
+
     p = _Parser(prog="cmlearn", description="Cooperative Meta-Learning (CML) on torch.func")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -316,12 +317,10 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cmlearn.train import Interrupted
-
     try:
         args = _parser().parse_args(argv)
         return COMMANDS[args.command](args)
-    except Interrupted as err:
+    except Interrupted as err:  # saved; not an error
         print(f"cmlearn: {err}", file=sys.stderr)
         return 130
     except CmlearnError as err:

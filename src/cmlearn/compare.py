@@ -31,8 +31,8 @@ class Method:
         text = text.strip()
         if text in CO_MODES and text != "none":
             return cls(text, "maml", text)
-        algorithm, _, mode = text.partition("+")
-        mode = mode or "none"
+        algorithm, plus, mode = text.partition("+")
+        mode = mode or ("" if plus else "none")  # "maml+" names no co-learner: refused
         if algorithm not in ALGORITHMS or mode not in CO_MODES:
             raise CmlearnError(
                 f"unknown method {text!r}: write algorithm[+colearner] with algorithm in "
@@ -78,6 +78,10 @@ def compare(
     (each ``algorithm+colearner`` minus its ``algorithm``, when both ran).
     """
     parsed = [Method.parse(m) for m in methods]
+    for what, items in (("method", [m.name for m in parsed]), ("seed", seeds)):
+        twice = sorted({str(i) for i in items if items.count(i) > 1})
+        if twice:
+            raise CmlearnError(f"{what} {', '.join(twice)} given twice; each runs once")
     if len({(m.algorithm, m.colearner) for m in parsed}) != len(parsed):
         raise CmlearnError("each method may appear once in --methods (cml is maml+cml)")
     runtime = runtime or Runtime()

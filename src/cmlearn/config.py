@@ -150,6 +150,13 @@ class Config:
 
     def __post_init__(self) -> None:
         check(self.algorithm in ALGORITHMS, f"algorithm must be one of {', '.join(ALGORITHMS)}")
+        if self.preset:  # a label, but one a user can trust: it must name a real preset
+            from cmlearn.presets import PRESETS
+
+            check(
+                self.preset in PRESETS,
+                f"unknown preset {self.preset!r}; run 'cmlearn presets' to list them",
+            )
 
     @property
     def eval_steps(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -10,6 +11,22 @@ import torch
 
 from cmlearn import CmlearnError
 
+_writing = 0  # atomic writes in progress (a signal handler must not abort one)
+
+
+def writing() -> bool:
+    """True while an atomic write is in progress: a second Ctrl-C waits for it."""
+    return _writing > 0
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete temporary files that a killed writer left in ``folder`` (call it only while
+    holding the folder's lock, so no live writer owns them)."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
 
 def atomic_write(path: Path, write) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, fsync, then rename over it.
@@ -17,7 +34,16 @@ def atomic_write(path: Path, write) -> None:
     On any failure the temporary file is removed and ``path`` keeps its previous content; an
     ``OSError`` (disk full, unwritable folder) becomes a one-line ``CmlearnError``.
     """
+    global _writing
     path = Path(path)
+    _writing += 1
+    try:
+        _write(path, write)
+    finally:
+        _writing -= 1
+
+
+def _write(path: Path, write) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -41,8 +67,13 @@ def atomic_write(path: Path, write) -> None:
 
 
 def atomic_save(obj: object, path: Path) -> None:
-    """``torch.save`` ``obj`` to ``path`` atomically."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """``torch.save`` ``obj`` to ``path`` atomically.
+
+    Serialised in memory first: torch's writer turns a failing ``write`` (disk full) into an
+    opaque ``RuntimeError``, while a plain file write reports the ``OSError`` itself."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def atomic_text(text: str, path: Path) -> None:

@@ -7,6 +7,7 @@ A run folder holds::
     checkpoint.pt    everything needed to resume (model, co-learner, step sizes, Adam, step)
     model.pt         the best-validation inference model: ψ, θ and step sizes, no co-learner
     colearner.pt     the co-learner ϕ from the same step as model.pt (for CML† evaluation)
+    .lock            held (``flock``) by the process training into the folder
 
 Every file is written to a temporary name and renamed (``cmlearn.files``).
 """
@@ -15,6 +16,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +29,13 @@ from cmlearn import CmlearnError
 from cmlearn.build import build_learner, build_source
 from cmlearn.config import Config
 from cmlearn.engine import Learner
-from cmlearn.files import atomic_save, atomic_text
+from cmlearn.files import atomic_save, atomic_text, remove_stale_temporaries
 from cmlearn.runtime import Runtime
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; runs are not guarded there
+    fcntl = None  # type: ignore[assignment]
 
 CONFIG, METRICS, CHECKPOINT, MODEL, COLEARNER = (
     "config.json",
@@ -34,6 +44,14 @@ CONFIG, METRICS, CHECKPOINT, MODEL, COLEARNER = (
     "model.pt",
     "colearner.pt",
 )
+LOCK = ".lock"
+
+# What each saved file must hold (a valid tensor file of another shape is refused by name).
+KEYS = {
+    CHECKPOINT: ("config", "state", "net", "step_sizes", "optimizer", "torch_rng"),
+    MODEL: ("config", "step", "model", "step_sizes"),
+    COLEARNER: ("step", "colearner"),
+}
 
 
 @dataclass
@@ -42,6 +60,7 @@ class RunState:
     best: float = math.nan
     best_step: int = -1
     window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # sums, count
+    records: int = -1  # lines in metrics.jsonl when the checkpoint was written (-1: unknown)
 
 
 class RunFolder:
@@ -49,6 +68,35 @@ class RunFolder:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder exclusively while training into it. The kernel releases a
+        ``flock`` when its process dies, so a killed run never leaves the folder locked;
+        temporary files a killed writer left behind are removed once the lock is held."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise CmlearnError(
+                f"cannot use {self.path} as a run folder: {err.strerror or err}"
+            ) from None
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                    raise CmlearnError(
+                        f"{self.path} is in use by another cmlearn process (pid {owner}); "
+                        "wait for it to finish or choose another --out"
+                    ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            remove_stale_temporaries(self.path)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def has_checkpoint(self) -> bool:
         return (self.path / CHECKPOINT).exists()
@@ -94,24 +142,43 @@ class RunFolder:
                 self.path / COLEARNER,
             )
 
-    def truncate_metrics(self, step: int) -> None:
-        """Keep only what the checkpoint at ``step`` had logged, so a resumed log has no
-        duplicates. Gradient-analysis records are written before their step's update, so the
-        one for ``step`` is written again after resuming; a half-written last line (a killed
-        process) is dropped."""
+    def truncate_metrics(self, state: RunState) -> str | None:
+        """Keep exactly what the checkpoint at ``state.step`` had logged, so a resumed log has
+        no duplicates and no gaps. Gradient-analysis records are written before their step's
+        update, so the one for ``state.step`` is written again after resuming. A torn last
+        line (a process killed mid-write) is dropped and reported (the returned note); any
+        other damage, or fewer records than the checkpoint had written, is refused."""
         path = self.path / METRICS
-        if not path.exists():
-            return
+        try:
+            lines = path.read_bytes().split(b"\n") if path.exists() else [b""]
+        except OSError as err:
+            raise CmlearnError(f"cannot read {path}: {err.strerror or err}") from None
+        note = None
+        if lines[-1]:  # no final newline: the last write was cut
+            lines[-1] = b""
+            note = f"dropped a torn last line of {path}"
         keep = []
-        for line in path.read_text().splitlines():
+        for number, raw in enumerate(lines[:-1], 1):
             try:
-                record = json.loads(line)
+                record = json.loads(raw.decode())
                 record_step = int(record["step"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
-            if record_step < step or (record_step == step and "gradients" not in record):
-                keep.append(line)
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise CmlearnError(
+                    f"{path} is damaged at line {number}; cannot resume without corrupting "
+                    f"the run's history (restore the file or start a new run)"
+                ) from None
+            if record_step < state.step or (
+                record_step == state.step and "gradients" not in record
+            ):
+                keep.append(raw.decode())
+        if state.records >= 0 and len(keep) != state.records:
+            raise CmlearnError(
+                f"{path} holds {len(keep)} records up to step {state.step} but the checkpoint "
+                f"had written {state.records}: the file was truncated or edited"
+            )
         atomic_text("".join(line + "\n" for line in keep), path)
+        state.records = len(keep)
+        return note
 
 
 def inference_state(learner: Learner, cfg: Config, step: int) -> dict:
@@ -145,14 +212,28 @@ def read_config(run: Path) -> Config:
 
 
 def read_state(path: Path, device: torch.device | None = None) -> dict:
-    """A checkpoint file (tensors only: ``weights_only``); a missing, truncated or foreign one
-    is a clear error."""
+    """A saved file (tensors only: ``weights_only``, so no code in it ever runs). A missing,
+    truncated, unsafe or foreign file is a one-line error saying which."""
     if not path.exists():
         raise CmlearnError(f"missing {path}")
     try:
-        return torch.load(path, weights_only=True, map_location=device)
+        data = torch.load(path, weights_only=True, map_location=device)
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower():
+            raise CmlearnError(
+                f"refusing {path}: it holds pickled Python objects, not only tensors, and "
+                "cmlearn never runs code from a file (it was not written by cmlearn)"
+            ) from None
+        raise CmlearnError(f"corrupt checkpoint file {path}: {first_line(err)}") from None
     except Exception as err:  # torch.load raises many types for a damaged file
-        raise CmlearnError(f"corrupt checkpoint {path}: {first_line(err)}") from None
+        raise CmlearnError(f"corrupt checkpoint file {path}: {first_line(err)}") from None
+    wanted = KEYS.get(path.name, ())
+    missing = [k for k in wanted if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise CmlearnError(
+            f"{path} is not a cmlearn {path.stem} file (missing {', '.join(missing)})"
+        )
+    return data
 
 
 def load_run(
@@ -182,5 +263,9 @@ def load_run(
 
 
 def first_line(err: BaseException) -> str:
+    """The first sentence of an error's first line (torch's are paragraphs)."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    line = text.splitlines()[0]
+    return line.split(". ")[0].rstrip(".")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,20 +20,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from cmlearn import CmlearnError
+from cmlearn import CmlearnError, Interrupted
 from cmlearn.analysis import body_gradients, split_stats
 from cmlearn.build import build_learner, build_source
 from cmlearn.config import Config
 from cmlearn.engine import Learner
 from cmlearn.evaluate import CHUNK, fixed_tasks, scores
+from cmlearn.files import writing
 from cmlearn.progress import Progress
-from cmlearn.runs import METRICS, RunFolder, RunState
+from cmlearn.runs import CONFIG, METRICS, RunFolder, RunState
 from cmlearn.runtime import Runtime
 from cmlearn.tasks import TaskBatch, generator
-
-
-class Interrupted(CmlearnError):
-    """Training stopped on request (Ctrl-C); the checkpoint holds every completed step."""
 
 
 def lower_is_better(metric: str) -> bool:
@@ -66,23 +64,32 @@ class StepResult:
 
 
 def meta_gradient(
-    learner: Learner, batch: TaskBatch, progress: float, chunk: int = 0, analyse: bool = False
+    learner: Learner,
+    batch: TaskBatch,
+    progress: float,
+    chunk: int = 0,
+    analyse: bool = False,
+    dist: Distributed | None = None,
 ) -> StepResult:
     """Accumulate the meta-gradient of ``batch`` into ``.grad``, ``chunk`` tasks at a time.
 
     Each chunk's mean loss is weighted by its share of the batch, so the accumulated gradient
     is that of the whole batch's mean loss (tested), while only one chunk's graph is alive at
-    a time: a second-order meta-batch that does not fit at once still runs.
+    a time: a second-order meta-batch that does not fit at once still runs. Under
+    ``torch.distributed`` (``dist``) this rank computes only its share of the tasks, weighted
+    the same way, and one all-reduce sums gradients and losses over the ranks (call it with
+    cleared gradients): every rank ends with the whole batch's gradient and mean losses.
     """
     n = batch.n_tasks
-    size = chunk if 0 < chunk < n else n
+    first, end = dist.share(n) if dist is not None else (0, n)
+    size = chunk if 0 < chunk < end - first else end - first
     total = meta = co = 0.0
     grads: list[dict[str, Tensor]] | None = None  # meta (and co) body gradients
-    for start in range(0, n, size):
-        part = batch[start : start + size]
+    for start in range(first, end, size):
+        part = batch[start : min(start + size, end)]
         weight = part.n_tasks / n
         loss, terms = learner.meta_objective(part, progress)
-        if not torch.isfinite(loss):
+        if dist is None and not torch.isfinite(loss):  # distributed: checked on the sum
             raise FloatingPointError(loss.item())
         if analyse:
             params = learner.params()
@@ -100,6 +107,10 @@ def meta_gradient(
         total += weight * loss.item()
         meta += weight * terms["meta"].mean().item()
         co += weight * terms["co"].mean().item() if "co" in terms else 0.0
+    if dist is not None:
+        total, meta, co = _reduce(learner, dist, [total, meta, co], grads)
+        if not math.isfinite(total):
+            raise FloatingPointError(total)
     return StepResult(
         total,
         meta,
@@ -115,10 +126,12 @@ def outer_step(
     progress: float,
     chunk: int = 0,
     analyse: bool = False,
+    dist: Distributed | None = None,
 ) -> StepResult:
-    """One meta-update. A wrapper (e.g. an outer SAM) replaces this, not the loop."""
+    """One meta-update. A wrapper (e.g. an outer SAM) replaces this, not the loop; under
+    ``torch.distributed`` the loop passes ``dist`` on, for ``meta_gradient``."""
     optimizer.zero_grad(set_to_none=True)
-    result = meta_gradient(learner, batch, progress, chunk, analyse)
+    result = meta_gradient(learner, batch, progress, chunk, analyse, dist)
     optimizer.step()
     return result
 
@@ -139,10 +152,28 @@ def train(
     ``CmlearnError``, leaving the best checkpoint and the last good checkpoint in place.
     """
     folder = RunFolder(out)
+    with folder.lock():
+        return _train(cfg, folder, resume, progress, should_stop, runtime, step_fn)
+
+
+def _train(
+    cfg: Config,
+    folder: RunFolder,
+    resume: bool,
+    progress: bool,
+    should_stop: Callable[[int], bool] | None,
+    runtime: Runtime | None,
+    step_fn: Callable[..., StepResult],
+) -> dict:
+    out = folder.path
     if folder.has_checkpoint() and not resume:
         raise CmlearnError(f"{out} already holds a run; pass --resume or choose another --out")
     if resume and not folder.has_checkpoint():
-        raise CmlearnError(f"no checkpoint to resume in {out}")
+        if not (out / CONFIG).exists():
+            raise CmlearnError(f"no checkpoint to resume in {out}")
+        resume = False  # stopped before its first step: start the saved configuration
+    if not resume:  # first, so a run stopped while it loads data can still be resumed
+        folder.write_config(cfg)
     runtime = runtime or Runtime()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -163,8 +194,13 @@ def train(
                 f"fraction of training done, so a resumed run keeps --steps "
                 f"{saved.train.steps}; start a new run for another length"
             )
-        folder.truncate_metrics(state.step)
-    folder.write_config(cfg)
+        note = folder.truncate_metrics(state)
+        if note:
+            print(f"cmlearn: {note}", file=sys.stderr)
+        folder.write_config(cfg)
+    else:  # a checkpoint from the start: --resume works on any folder train created
+        state.records = 0
+        folder.save_checkpoint(learner, optimizer, state, cfg)
 
     val = fixed_tasks(source, cfg.train.val_tasks, cfg.eval.seed, "val", keep=True)
     better = (lambda a, b: a < b) if lower_is_better(source.metric) else (lambda a, b: a > b)
@@ -178,6 +214,7 @@ def train(
             def emit(record: dict) -> None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
+                state.records += 1
 
             while state.step < total:
                 step = state.step
@@ -235,8 +272,8 @@ def train(
                 if stop.requested or (should_stop is not None and should_stop(state.step)):
                     folder.save_checkpoint(learner, optimizer, state, cfg)
                     raise Interrupted(
-                        f"interrupted at step {state.step}; resume with: "
-                        f"cmlearn train --out {out} --resume"
+                        f"{stop.reason or 'interrupted'} at step {state.step}; saved; resume "
+                        f"with: cmlearn train --out {out} --resume"
                     )
     finally:
         bar.close()
@@ -256,24 +293,35 @@ def _kept(state: RunState, out: Path) -> str:
 
 
 class _StopFlag:
-    """First Ctrl-C asks the loop to stop after the current step; a second one aborts."""
+    """Ctrl-C or SIGTERM (what schedulers send) asks the loop to save and stop after the
+    current step. A second signal aborts at once, unless a file is being written: that write
+    finishes first, so an abort never leaves a half-written file."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self.reason = ""
+        self._previous: dict[int, object] = {}
 
     def _handler(self, signum: int, frame: object) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        if not self.requested:
+            self.requested = True
+            self.reason = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+            return
+        if writing():
+            print("cmlearn: saving; stopping as soon as the file is written", file=sys.stderr)
+            return
+        raise KeyboardInterrupt
 
     def __enter__(self) -> _StopFlag:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: no signal handling
-            self._previous = None
+        for sig in self.SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: no signal handling
+                pass
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)

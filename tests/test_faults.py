@@ -1,0 +1,290 @@
+"""Faults a hostile user (or a scheduler, or a full disk) causes: nothing lost, one-line errors."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmlearn import CmlearnError, files
+from cmlearn.cli import main
+from cmlearn.runs import CHECKPOINT, METRICS, MODEL, RunFolder, read_state
+from cmlearn.train import _StopFlag, outer_step, train
+from tests.test_train import _assert_same_run, _records
+
+SLOW_RUN = [
+    "train",
+    "--preset",
+    "sinusoid-5shot-cpu",
+    "--steps",
+    "100000",
+    "--quiet",
+    "--set",
+    "train.val_every=50",
+    "--set",
+    "train.val_tasks=10",
+]
+
+
+def _spawn(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cmlearn", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def _one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+# --- two runs, one folder -------------------------------------------------------------------
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(tiny_cfg, tmp_path):
+    with RunFolder(tmp_path / "r").lock():
+        with pytest.raises(CmlearnError, match="in use by another cmlearn process"):
+            train(tiny_cfg, tmp_path / "r", progress=False)
+    train(tiny_cfg, tmp_path / "r", progress=False)  # released: the run goes ahead
+
+
+def test_a_killed_run_leaves_no_stuck_lock_and_no_temporaries(tmp_path):
+    run = tmp_path / "r"
+    proc = _spawn(*SLOW_RUN, "--out", str(run))
+    _wait_for(lambda: (run / CHECKPOINT).exists())
+    (run / ".checkpoint.pt.abc.tmp").write_bytes(b"half")  # as a kill mid-write leaves it
+    proc.kill()
+    proc.wait(timeout=60)
+    code = main(["train", "--out", str(run), "--resume", "--steps", "3", "--quiet"])
+    assert code == 0
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_two_processes_into_one_folder(tmp_path):
+    run = tmp_path / "r"
+    first = _spawn(*SLOW_RUN, "--out", str(run))
+    _wait_for(lambda: (run / CHECKPOINT).exists())
+    second = subprocess.run(
+        [sys.executable, "-m", "cmlearn", "train", "--out", str(run), "--resume", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    first.kill()
+    first.wait(timeout=60)
+    assert second.returncode == 2
+    assert f"pid {first.pid}" in _one_line(second.stderr)
+
+
+# --- stopping: early checkpoint, SIGTERM, a second signal while saving -----------------------
+
+
+def test_a_run_stopped_before_its_first_validation_resumes_exactly(tiny_cfg, tmp_path):
+    """The first checkpoint is written before step 1, so even an abort (no save) at step 3
+    leaves a folder that --resume continues into the uninterrupted run."""
+    train(tiny_cfg, tmp_path / "full", progress=False)
+
+    def abort_at_3(learner, optimizer, batch, progress, *rest):
+        if progress * tiny_cfg.train.steps >= 3:
+            raise KeyboardInterrupt
+        return outer_step(learner, optimizer, batch, progress, *rest)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_cfg, tmp_path / "cut", progress=False, step_fn=abort_at_3)
+    assert read_state(tmp_path / "cut" / CHECKPOINT)["state"]["step"] == 0
+    train(tiny_cfg, tmp_path / "cut", resume=True, progress=False)
+    _assert_same_run(tmp_path / "full", tmp_path / "cut")
+
+
+def test_sigterm_saves_and_exits_like_ctrl_c(tmp_path):
+    run = tmp_path / "r"
+    proc = _spawn(*SLOW_RUN, "--out", str(run))
+    _wait_for(lambda: (run / METRICS).exists() and (run / METRICS).stat().st_size > 0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    line = _one_line(err)
+    assert "terminated (SIGTERM)" in line and "--resume" in line
+    saved = read_state(run / CHECKPOINT)["state"]["step"]
+    assert saved >= 50  # every step done, not only the last validation's
+    assert main(["train", "--out", str(run), "--resume", "--steps", str(saved + 2)]) == 0
+
+
+def test_a_second_signal_waits_for_a_write_in_progress(monkeypatch):
+    flag = _StopFlag()
+    flag._handler(signal.SIGINT, None)
+    assert flag.requested and flag.reason == "interrupted"
+    monkeypatch.setattr(files, "_writing", 1)
+    flag._handler(signal.SIGINT, None)  # during a write: no abort
+    monkeypatch.setattr(files, "_writing", 0)
+    with pytest.raises(KeyboardInterrupt):
+        flag._handler(signal.SIGINT, None)
+    term = _StopFlag()
+    term._handler(signal.SIGTERM, None)
+    assert term.reason.startswith("terminated")
+
+
+def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "f.pt"
+    files.atomic_save({"v": torch.ones(3)}, target)
+
+    def slow(f):
+        f.write(b"partial")
+        assert files.writing()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write(target, slow)
+    assert torch.equal(torch.load(target)["v"], torch.ones(3))
+    assert not list(tmp_path.glob(".*.tmp")) and not files.writing()
+
+
+def test_ctrl_c_while_importing_prints_no_traceback():
+    for delay in (0.2, 0.6, 1.2):  # somewhere inside `import torch` on any machine
+        proc = _spawn("train", "--preset", "sinusoid-5shot-cpu", "--steps", "5", "--quiet")
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert "Traceback" not in err, err
+        assert proc.returncode in (130, -signal.SIGINT, 0), (proc.returncode, err)
+
+
+# --- a full disk ----------------------------------------------------------------------------
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    train(tiny_cfg.override(["train.steps=20"]), run, progress=False)
+    before = (run / CHECKPOINT).read_bytes()
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(bytes(data)[:100])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    with pytest.raises(CmlearnError, match="No space left on device") as err:
+        train(tiny_cfg, run, resume=True, progress=False)
+    assert len(str(err.value).splitlines()) == 1
+    assert (run / CHECKPOINT).read_bytes() == before
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_an_unwritable_out_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for out in (blocker / "run", Path("/proc/cmlearn-x")):
+        assert main(["train", "--preset", "sinusoid-5shot-cpu", "--out", str(out)]) == 2
+        assert "cannot use" in _one_line(capsys.readouterr().err)
+
+
+# --- damaged metrics and foreign files ------------------------------------------------------
+
+
+@pytest.fixture
+def half_run(tiny_cfg, tmp_path):
+    run = tmp_path / "r"
+    train(tiny_cfg.override(["train.steps=20"]), run, progress=False)
+    return run
+
+
+def test_a_torn_metrics_line_is_repaired_and_said(half_run, tiny_cfg, tmp_path, capsys):
+    with open(half_run / METRICS, "a") as f:
+        f.write('{"step": 21, "train_lo')
+    train(tiny_cfg, half_run, resume=True, progress=False)
+    assert "dropped a torn last line" in capsys.readouterr().err
+    train(tiny_cfg, tmp_path / "full", progress=False)
+    assert _records(half_run) == _records(tmp_path / "full")
+
+
+@pytest.mark.parametrize("damage", ["junk", "truncated"])
+def test_other_metrics_damage_is_refused(half_run, tiny_cfg, damage):
+    lines = (half_run / METRICS).read_bytes().splitlines(keepends=True)
+    if damage == "junk":
+        lines[1] = b"\x00\xff\xfe binary\n"
+        match = "damaged at line 2"
+    else:
+        lines = lines[:-2]
+        match = "was truncated or edited"
+    (half_run / METRICS).write_bytes(b"".join(lines))
+    with pytest.raises(CmlearnError, match=match):
+        train(tiny_cfg, half_run, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("name", [CHECKPOINT, MODEL])
+def test_a_tensor_file_of_another_structure_is_named(half_run, name):
+    torch.save({"weights": torch.zeros(2)}, half_run / name)
+    with pytest.raises(CmlearnError, match=rf"not a cmlearn {name[:-3]} file \(missing"):
+        read_state(half_run / name)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_file_with_pickled_code_is_refused_and_never_runs(half_run, capsys, monkeypatch):
+    monkeypatch.chdir(half_run)
+    torch.save({"model": _Payload()}, half_run / MODEL)
+    assert main(["eval", str(half_run)]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "pickled Python objects" in line
+    assert "weights_only" not in line.lower() and "trust" not in line.lower()
+    assert not (half_run / "pwned").exists()
+
+
+# --- settings checked, not coerced ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--methods", "maml+,cml"], "unknown method 'maml+'"),
+        (["--methods", "maml,maml"], "method maml given twice"),
+        (["--methods", "maml", "--seeds", "0,0"], "seed 0 given twice"),
+    ],
+)
+def test_compare_refuses_ambiguous_lists(args, message, tmp_path, capsys):
+    code = main(["compare", "--preset", "sinusoid-5shot-cpu", "--out", str(tmp_path), *args])
+    assert code == 2
+    assert message in _one_line(capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())  # refused before anything trained
+
+
+def test_an_unknown_preset_in_a_config_file_is_refused(half_run, capsys):
+    data = json.loads((half_run / "config.json").read_text())
+    data["preset"] = "sinusoid-7shot"
+    (half_run / "config.json").write_text(json.dumps(data))
+    assert main(["eval", str(half_run)]) == 2
+    assert "unknown preset 'sinusoid-7shot'" in _one_line(capsys.readouterr().err)
