@@ -1,0 +1,162 @@
+"""Fuzzing the command line and ``--set``: every case is a one-line error or a valid run.
+
+Random keys (real and invented), types and values (unicode, huge and negative numbers, NaN,
+lists, objects) go through ``main`` exactly as a user's argv would. A case that the checks
+accept must then build its data source and learner (where late errors would hide); a few
+accepted cases are trained for real, in a subprocess with a timeout, so a hang fails too.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import cmlearn.train
+from cmlearn.build import build_learner, build_source
+from cmlearn.cli import main
+from cmlearn.config import _flatten
+from cmlearn.presets import get_preset
+
+PRESETS = ["sinusoid-5shot-cpu", "sinusoid-10shot", "omniglot-5w1s-cpu", "nope", "", "ü"]
+VALUES = [
+    "0",
+    "1",
+    "2",
+    "-1",
+    "-3",
+    "7",
+    "0.5",
+    "1.5",
+    "-0.0",
+    "1e-9",
+    "1e400",
+    "-1e400",
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "true",
+    "false",
+    "null",
+    "[]",
+    "{}",
+    "[40.7]",
+    "[1,2]",
+    "1,2",
+    "40,40",
+    '"x"',
+    "abc",
+    "ü漢字",
+    "",
+    " ",
+    "9" * 40,
+    "-" + "9" * 25,
+    "1=2",
+    "[[1]]",
+    '{"name": "mlp"}',
+    '{"hidden": [3]}',
+    "maml",
+    "cml",
+    "relu1",
+    "conv",
+    "vinyals",
+]
+FLAGS = {
+    "--steps": ["1", "2", "0", "-5", "1e3", "x", "9" * 30],
+    "--seed": ["0", "3", "-1", "2.5", "9" * 30],
+    "--algorithm": ["maml", "fomaml", "anil", "boil", "metasgd", "mamlpp", "reptile", ""],
+    "--colearner": ["none", "cml", "random", "cl", "CML"],
+}
+
+
+def _keys() -> list[str]:
+    keys = set()
+    for name in ("sinusoid-5shot-cpu", "omniglot-5w1s-cpu"):
+        keys |= set(_flatten(get_preset(name).to_dict()))
+    return sorted(keys) + ["nokey", "task", "model.options.nope", "model.hidden", "ü.x", ""]
+
+
+def _case(rng: random.Random, keys: list[str]) -> list[str]:
+    argv = ["train", "--quiet"]
+    if rng.random() < 0.95:
+        argv += ["--preset", rng.choice(PRESETS[:3] * 4 + PRESETS[3:])]
+    for flag, values in FLAGS.items():
+        if rng.random() < 0.3:
+            argv += [flag, rng.choice(values)]
+    for _ in range(rng.randint(0, 4)):
+        argv += ["--set", f"{rng.choice(keys)}={rng.choice(VALUES)}"]
+    if rng.random() < 0.05:
+        argv += [rng.choice(["--bogus", "--set", "-x", "ü"])]
+    return argv
+
+
+class _Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Hang
+
+
+def test_fuzzed_command_lines_are_one_line_errors_or_valid_runs(monkeypatch, capsys, tmp_path):
+    accepted: list[tuple[list[str], object]] = []
+
+    def build_only(cfg, out, **kwargs):  # what train does before its first step
+        source = build_source(cfg)
+        build_learner(cfg, source)
+        accepted.append((argv, cfg))
+        return {"run": str(out)}
+
+    monkeypatch.setattr(cmlearn.train, "train", build_only)
+    rng = random.Random(2026)
+    keys = _keys()
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        for i in range(600):
+            argv = _case(rng, keys) + ["--out", str(tmp_path / f"r{i}")]
+            signal.alarm(60)
+            try:
+                code = main(argv)
+            except _Hang:
+                pytest.fail(f"hang: {argv}")
+            finally:
+                signal.alarm(0)
+            out, err = capsys.readouterr()
+            lines = err.strip().splitlines()
+            if code == 0:
+                assert not lines, (argv, err)
+            else:
+                assert code == 2, (argv, code, err)
+                assert len(lines) == 1 and lines[0].startswith("cmlearn: error: "), (argv, err)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    # the generator reaches both outcomes often enough to mean something
+    assert 30 <= len(accepted) <= 570, len(accepted)
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_accepted_fuzzed_settings_train_for_real(index, monkeypatch, capsys, tmp_path):
+    """Sinusoid cases the checks accept really train (2 steps), within a time limit."""
+    monkeypatch.setattr(cmlearn.train, "train", lambda cfg, out, **kwargs: {})
+    rng = random.Random(100 + index)
+    keys = [k for k in _keys() if not k.startswith(("data", "train.steps", "train.val"))]
+    for _ in range(500):
+        argv = ["train", "--quiet", "--preset", "sinusoid-5shot-cpu", "--steps", "2"]
+        for _ in range(2):
+            argv += ["--set", f"{rng.choice(keys)}={rng.choice(VALUES)}"]
+        argv += ["--set", "train.val_tasks=5", "--out", str(tmp_path / "r")]
+        if main(argv) == 0:
+            break
+    else:
+        pytest.fail("no accepted case drawn")
+    capsys.readouterr()
+    run = subprocess.run(
+        [sys.executable, "-m", "cmlearn", *argv], capture_output=True, text=True, timeout=300
+    )
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 0 or (run.returncode == 2 and len(lines) == 1), (argv, run.stderr)
+    assert "Traceback" not in run.stderr
