@@ -1,0 +1,93 @@
+"""Memory-leak check: resident memory of a real training run after a few and after many steps.
+
+A leak (a graph kept alive by a logged tensor, a growing history, cached tasks) shows as
+growth between two late marks; start-up allocations, the data pool and the allocator's first
+arenas are all in place by the first mark. The whole ``train`` loop runs (validation,
+logging, checkpoints), not a bare step, because that is where leaks hide.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cmlearn.config import Config
+from cmlearn.presets import get_preset
+from cmlearn.runtime import Runtime
+
+# name -> (preset, overrides): the sinusoid MLP and Conv-4 on Omniglot, small enough that
+# 2,000 steps take minutes on one core (the leak check is about steps, not size).
+WORKLOADS: dict[str, tuple[str, list[str]]] = {
+    "sinusoid": ("sinusoid-5shot-cpu", ["colearner.mode=cml"]),
+    "conv4": (
+        "omniglot-5w1s-cpu",
+        ["colearner.mode=cml", "model.channels=16", "task.meta_batch=2", "task.queries=1"],
+    ),
+}
+BOUND_MIB = 8.0  # allowed growth from the first to the last mark
+
+
+def rss_mib() -> float:
+    """Current resident set size (Linux ``/proc``; elsewhere the peak, an upper bound)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if os.uname().sysname == "Darwin" else peak / 2**10
+
+
+def workload(name: str, steps: int) -> Config:
+    preset, overrides = WORKLOADS[name]
+    every = max(steps // 10, 1)
+    return get_preset(preset).override(
+        [
+            *overrides,
+            f"train.steps={steps}",
+            f"train.val_every={every}",
+            f"train.log_every={max(every // 10, 1)}",
+            "train.val_tasks=20",
+            "train.threads=1",
+        ]
+    )
+
+
+def memory_growth(
+    name: str,
+    marks: tuple[int, int] = (200, 2000),
+    runtime: Runtime | None = None,
+    step_fn: Callable[..., Any] | None = None,
+) -> dict:
+    """Train workload ``name`` to ``marks[1]`` steps; resident MiB at each mark and growth.
+    ``step_fn`` replaces the outer step (the test injects a leak through it)."""
+    from cmlearn.train import outer_step, train
+
+    seen: dict[int, float] = {}
+
+    def sample(step: int) -> bool:
+        if step in marks:
+            seen[step] = rss_mib()
+        return False
+
+    with tempfile.TemporaryDirectory(prefix="cmlearn-leak-") as tmp:
+        train(
+            workload(name, marks[1]),
+            Path(tmp) / "run",
+            progress=False,
+            should_stop=sample,
+            runtime=runtime,
+            step_fn=step_fn or outer_step,
+        )
+    first, last = (seen[m] for m in marks)
+    return {
+        "workload": name,
+        "marks": list(marks),
+        "rss_mib": [round(first, 1), round(last, 1)],
+        "growth_mib": round(last - first, 2),
+        "bound_mib": BOUND_MIB,
+        "ok": last - first <= BOUND_MIB,
+    }

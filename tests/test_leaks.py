@@ -1,0 +1,32 @@
+"""Leak test (short version; `cmlearn bench` runs 200 -> 2,000 steps): resident memory of a
+real training run must not grow between two late marks, and an injected leak is caught."""
+
+from __future__ import annotations
+
+import torch
+
+from cmlearn.leaks import BOUND_MIB, memory_growth
+from cmlearn.train import outer_step
+from tests.conftest import needs_omniglot
+
+
+def test_sinusoid_training_does_not_grow():
+    result = memory_growth("sinusoid", (100, 600))
+    assert result["ok"], result
+
+
+@needs_omniglot
+def test_conv4_training_does_not_grow():
+    result = memory_growth("conv4", (30, 200))
+    assert result["ok"], result
+
+
+def test_an_injected_leak_is_caught():
+    kept = []
+
+    def leaky(*args):
+        kept.append(torch.ones(2**15))  # 128 KiB a step, as a logged tensor would
+        return outer_step(*args)
+
+    result = memory_growth("sinusoid", (100, 600), step_fn=leaky)
+    assert not result["ok"] and result["growth_mib"] > 4 * BOUND_MIB, result
