@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path)
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tr.add_argument("--log", choices=["jsonl", "tensorboard"], help="also TensorBoard events")
+    tr.add_argument("--nproc", type=int, help="train as N processes on this machine (torchrun)")
     tr.add_argument("--quiet", action="store_true")
     _runtime_args(tr)
 
@@ -131,12 +134,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         ]
         if given or args.overrides:
             raise CmlearnError(
-                f"--resume continues the run as configured; it takes only --steps "
+                f"--resume continues the run as configured; it takes only --steps and --log "
                 f"(got {', '.join(given + ['--set'] * bool(args.overrides))})"
             )
         cfg = read_config(args.out)
         _positive("--steps", args.steps)
         cfg = cfg.apply([("train.steps", args.steps)] if args.steps else [])
+        cfg = cfg.apply([("train.log", args.log)] if args.log else [])  # may change on resume
     else:
         if args.preset is None:
             raise CmlearnError("train needs --preset NAME (or --out RUN_DIR --resume)")
@@ -144,12 +148,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         typed = [("algorithm", args.algorithm)] if args.algorithm else []
         typed += [("colearner.mode", args.colearner)] if args.colearner else []
         typed += [("train.seed", args.seed)] if args.seed is not None else []
+        typed += [("train.log", args.log)] if args.log else []
         cfg = cfg.apply(typed).override(args.overrides)
     out = args.out or Path("runs") / (
         f"{cfg.preset}-{cfg.algorithm}-{cfg.colearner.mode}-s{cfg.train.seed}"
     )
-    summary = train(cfg, out, resume=args.resume, progress=not args.quiet, runtime=_runtime(args))
-    print(json.dumps(summary))
+    runtime = _runtime(args)
+    if args.nproc is not None:
+        from cmlearn.distributed import launch
+
+        _positive("--nproc", args.nproc)
+        if _world() > 1:
+            raise CmlearnError("--nproc starts torchrun itself; leave it out under torchrun")
+        if cfg.task.meta_batch < args.nproc:
+            raise CmlearnError(
+                f"--nproc {args.nproc} splits each meta-batch by task, but task.meta_batch is "
+                f"{cfg.task.meta_batch}"
+            )
+        if args.nproc > 1:
+            return launch(args.nproc, args.argv)
+    summary = train(cfg, out, resume=args.resume, progress=not args.quiet, runtime=runtime)
+    if _rank() == 0:
+        print(json.dumps(summary))
     return 0
 
 
@@ -316,18 +336,36 @@ COMMANDS = {
 }
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise): rank 0 alone reports."""
+    try:
+        return int(os.environ.get("RANK", "0")) if _world() > 1 else 0
+    except ValueError:
+        return 0
+
+
+def _world() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    who = f"cmlearn[rank {os.environ.get('RANK', '?')}]" if _world() > 1 else "cmlearn"
     try:
         args = _parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # for --nproc's relaunch
         return COMMANDS[args.command](args)
     except Interrupted as err:  # saved; not an error
-        print(f"cmlearn: {err}", file=sys.stderr)
+        if _rank() == 0:
+            print(f"cmlearn: {err}", file=sys.stderr)
         return 130
     except CmlearnError as err:
-        print(f"cmlearn: error: {err}", file=sys.stderr)
+        print(f"{who}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("cmlearn: aborted", file=sys.stderr)
+        print(f"{who}: aborted", file=sys.stderr)
         return 130
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +26,11 @@ from cmlearn import CmlearnError, Interrupted
 from cmlearn.analysis import body_gradients, split_stats
 from cmlearn.build import build_learner, build_source
 from cmlearn.config import Config
+from cmlearn.distributed import Distributed, join
 from cmlearn.engine import Learner
 from cmlearn.evaluate import CHUNK, fixed_tasks, scores
 from cmlearn.files import writing
+from cmlearn.logs import open_sink
 from cmlearn.progress import Progress
 from cmlearn.runs import CONFIG, METRICS, RunFolder, RunState
 from cmlearn.runtime import Runtime
@@ -119,6 +123,16 @@ def meta_gradient(
     )
 
 
+def _reduce(
+    learner: Learner, dist: Distributed, stats: list[float], grads: list[dict] | None
+) -> list[float]:
+    """Sum this rank's gradients, ``stats`` and any analysis gradients over the ranks."""
+    params = (*learner.net.parameters(), *learner.step_sizes.values())
+    tensors = [p.grad for p in params if p.grad is not None]
+    tensors += [g for part in grads or () for g in part.values()]
+    return dist.reduce(tensors, stats)
+
+
 def outer_step(
     learner: Learner,
     optimizer: torch.optim.Optimizer,
@@ -150,10 +164,17 @@ def train(
     ``should_stop(step)`` is polled after every step (Ctrl-C sets the same flag); a stop
     saves the checkpoint and raises ``Interrupted``. A non-finite loss stops the run with a
     ``CmlearnError``, leaving the best checkpoint and the last good checkpoint in place.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls this: each computes its share of
+    every meta-batch (``cmlearn.distributed``), rank 0 alone locks and writes the folder,
+    validates and shows progress, and all ranks stop after the same step (``should_stop`` is
+    then asked during the step's all-reduce, about the step count the step will reach).
     """
     folder = RunFolder(out)
-    with folder.lock():
-        return _train(cfg, folder, resume, progress, should_stop, runtime, step_fn)
+    runtime = runtime or Runtime()
+    with join(runtime.device) as dist, folder.lock() if dist.main else nullcontext():
+        runtime = dist.runtime(runtime)
+        return _train(cfg, folder, resume, progress, should_stop, runtime, step_fn, dist)
 
 
 def _train(
@@ -164,16 +185,18 @@ def _train(
     should_stop: Callable[[int], bool] | None,
     runtime: Runtime | None,
     step_fn: Callable[..., StepResult],
+    dist: Distributed,
 ) -> dict:
     out = folder.path
-    if folder.has_checkpoint() and not resume:
+    if dist.main and folder.has_checkpoint() and not resume:
         raise CmlearnError(f"{out} already holds a run; pass --resume or choose another --out")
-    if resume and not folder.has_checkpoint():
+    if dist.main and resume and not folder.has_checkpoint():
         if not (out / CONFIG).exists():
             raise CmlearnError(f"no checkpoint to resume in {out}")
         resume = False  # stopped before its first step: start the saved configuration
-    if not resume:  # first, so a run stopped while it loads data can still be resumed
+    if dist.main and not resume:  # first, so a run stopped while it loads data can still be resumed
         folder.write_config(cfg)
+    resume = dist.agree(resume)  # the other ranks follow rank 0's reading of the folder
     runtime = runtime or Runtime()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -194,27 +217,41 @@ def _train(
                 f"fraction of training done, so a resumed run keeps --steps "
                 f"{saved.train.steps}; start a new run for another length"
             )
-        note = folder.truncate_metrics(state)
+        note = folder.truncate_metrics(state) if dist.main else None
         if note:
             print(f"cmlearn: {note}", file=sys.stderr)
-        folder.write_config(cfg)
+        if dist.main:
+            folder.write_config(cfg)
     else:  # a checkpoint from the start: --resume works on any folder train created
         state.records = 0
-        folder.save_checkpoint(learner, optimizer, state, cfg)
+        if dist.main:
+            folder.save_checkpoint(learner, optimizer, state, cfg)
+    dist.check_start(learner, state.step)
 
     val = fixed_tasks(source, cfg.train.val_tasks, cfg.eval.seed, "val", keep=True)
     better = (lambda a, b: a < b) if lower_is_better(source.metric) else (lambda a, b: a > b)
     total = cfg.train.steps
     stop = _StopFlag()
+
+    def asked(step: int) -> bool:  # Ctrl-C, SIGTERM or the caller's should_stop
+        return stop.requested or (should_stop is not None and should_stop(step))
+
+    dist.vote = lambda: asked(state.step + 1)  # asked during the step's all-reduce
+    sync = {"dist": dist} if dist.active else {}
+    metrics = folder.path / METRICS if dist.main else Path(os.devnull)  # rank 0 logs
+    progress = progress and dist.main
     bar = Progress(total, state.step, f"{cfg.algorithm}+{cfg.colearner.mode}", progress)
     started = time.perf_counter()
+    sink = open_sink(cfg.train.log, out, state.step if resume else None) if dist.main else None
     try:
-        with stop, open(folder.path / METRICS, "a" if resume else "w") as log:
+        with stop, open(metrics, "a" if resume else "w") as log:
 
             def emit(record: dict) -> None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 state.records += 1
+                if sink is not None:
+                    sink.write(record)
 
             while state.step < total:
                 step = state.step
@@ -228,10 +265,12 @@ def _train(
                         step / max(total, 1),
                         cfg.train.task_chunk,
                         analyse,
+                        **sync,
                     )
                 except FloatingPointError as err:
+                    kept = _kept(state, out) if dist.main else "(rank 0 says what is kept)"
                     raise CmlearnError(
-                        f"loss became {err.args[0]} at step {step}; stopped. {_kept(state, out)}"
+                        f"loss became {err.args[0]} at step {step}; stopped. {kept}"
                     ) from None
                 if result.analysis is not None:
                     emit({"step": step, "gradients": result.analysis})
@@ -248,7 +287,7 @@ def _train(
                     emit(record)
                     bar.set_loss(record["train_loss"])
                     state.window = [0.0, 0.0, 0]
-                if state.step % cfg.train.val_every == 0 or state.step == total:
+                if dist.main and (state.step % cfg.train.val_every == 0 or state.step == total):
                     value = float(
                         scores(
                             learner,
@@ -264,19 +303,26 @@ def _train(
                             f"validation {source.metric} became {value} at step {state.step}; "
                             f"stopped. {_kept(state, out)}"
                         )
-                    emit({"step": state.step, f"val_{source.metric}": value})
+                    record = {"step": state.step, f"val_{source.metric}": value}
+                    learned = {
+                        k: v.mean().item() for k, v in learner.step_sizes.items() if v.requires_grad
+                    }
+                    emit(record | ({"step_sizes": learned} if learned else {}))
                     if state.best_step < 0 or better(value, state.best):
                         state.best, state.best_step = value, state.step
                         folder.save_best(learner, cfg, state.step)
                     folder.save_checkpoint(learner, optimizer, state, cfg)
-                if stop.requested or (should_stop is not None and should_stop(state.step)):
-                    folder.save_checkpoint(learner, optimizer, state, cfg)
+                if dist.stopping if dist.active else asked(state.step):
+                    if dist.main:
+                        folder.save_checkpoint(learner, optimizer, state, cfg)
                     raise Interrupted(
                         f"{stop.reason or 'interrupted'} at step {state.step}; saved; resume "
                         f"with: cmlearn train --out {out} --resume"
                     )
     finally:
         bar.close()
+        if sink is not None:
+            sink.close()
     return {
         "run": str(out),
         "steps": state.step,
