@@ -22,6 +22,7 @@ from cmlearn.algorithms import ALGORITHMS, algorithm_rule
 from cmlearn.algorithms.rule import InnerRule
 from cmlearn.cml import CO_MODES
 from cmlearn.engine import STRATEGIES
+from cmlearn.logs import SINKS
 from cmlearn.registry import COLEARNERS, DATASETS, MODELS, Registry, check, coerce
 
 MAX_STEPS = 10**9  # anything larger is a typo, not a run
@@ -101,6 +102,7 @@ class TrainConfig:
     strategy: str = "auto"  # auto | batched | vmap | loop (auto: the measured best per model)
     threads: int = 0  # torch threads; 0 = leave torch's default
     seed: int = 0
+    log: str = "jsonl"  # jsonl | tensorboard (metrics.jsonl is always written)
 
     def __post_init__(self) -> None:
         check(0 <= self.steps <= MAX_STEPS, f"train.steps must be in [0, {MAX_STEPS}]")
@@ -120,6 +122,7 @@ class TrainConfig:
         check(self.strategy in STRATEGIES, f"train.strategy must be one of {STRATEGIES}")
         check(self.threads >= 0, "train.threads must not be negative (0 = torch's default)")
         check(self.seed >= 0, f"train.seed must not be negative (got {self.seed})")
+        check(self.log in SINKS, f"train.log must be one of {', '.join(SINKS)}")
 
 
 @dataclass

@@ -8,16 +8,20 @@ logging, checkpoints), not a bare step, because that is where leaks hide.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import subprocess
+import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from cmlearn import CmlearnError
 from cmlearn.config import Config
 from cmlearn.presets import get_preset
-from cmlearn.runtime import Runtime
 
 # name -> (preset, overrides): the sinusoid MLP and Conv-4 on Omniglot, small enough that
 # 2,000 steps take minutes on one core (the leak check is about steps, not size).
@@ -56,22 +60,37 @@ def workload(name: str, steps: int) -> Config:
     )
 
 
-def memory_growth(
-    name: str,
-    marks: tuple[int, int] = (200, 2000),
-    runtime: Runtime | None = None,
-    step_fn: Callable[..., Any] | None = None,
-) -> dict:
-    """Train workload ``name`` to ``marks[1]`` steps; resident MiB at each mark and growth.
-    ``step_fn`` replaces the outer step (the test injects a leak through it)."""
+def memory_growth(name: str, marks: tuple[int, int] = (200, 2000), leak_kib: int = 0) -> dict:
+    """Train workload ``name`` to ``marks[1]`` steps in a fresh process (memory that earlier
+    work freed would otherwise absorb new allocations and hide a leak); resident MiB at each
+    mark and the growth. ``leak_kib`` keeps that much per step alive: the check's own test."""
+    code = (
+        "import json, sys; from cmlearn.leaks import _measure; "
+        "print(json.dumps(_measure(sys.argv[1], (int(sys.argv[2]), int(sys.argv[3])), "
+        "int(sys.argv[4]))))"
+    )
+    argv = [sys.executable, "-c", code, name, *map(str, marks), str(leak_kib)]
+    done = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy())
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["no output"]
+        raise CmlearnError(f"leak check {name} failed: {lines[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _measure(name: str, marks: tuple[int, int], leak_kib: int) -> dict:
     from cmlearn.train import outer_step, train
 
     seen: dict[int, float] = {}
+    kept: list[torch.Tensor] = []
 
     def sample(step: int) -> bool:
         if step in marks:
             seen[step] = rss_mib()
         return False
+
+    def step_fn(*args: Any) -> Any:
+        kept.append(torch.ones(leak_kib * 256))  # float32: 256 per KiB
+        return outer_step(*args)
 
     with tempfile.TemporaryDirectory(prefix="cmlearn-leak-") as tmp:
         train(
@@ -79,8 +98,7 @@ def memory_growth(
             Path(tmp) / "run",
             progress=False,
             should_stop=sample,
-            runtime=runtime,
-            step_fn=step_fn or outer_step,
+            step_fn=step_fn if leak_kib else outer_step,
         )
     first, last = (seen[m] for m in marks)
     return {
