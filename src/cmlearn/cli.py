@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -351,9 +352,30 @@ def _world() -> int:
         return 1
 
 
+def _import_heavy() -> None:
+    """Load torch and the registries with Ctrl-C ending the process at once: a
+    KeyboardInterrupt inside a C extension's import leaves it half-loaded, and the next
+    import of it fails with a traceback. Nothing has been done yet, so nothing is lost."""
+
+    def abort_now(signum: int, frame: object) -> None:
+        print("cmlearn: aborted", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    try:
+        previous = signal.signal(signal.SIGINT, abort_now)
+    except ValueError:  # not the main thread (main() called from a thread): plain import
+        previous = None
+    try:
+        import cmlearn.config  # noqa: F401
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     who = f"cmlearn[rank {os.environ.get('RANK', '?')}]" if _world() > 1 else "cmlearn"
     try:
+        _import_heavy()
         args = _parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # for --nproc's relaunch
         return COMMANDS[args.command](args)
