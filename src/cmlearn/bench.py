@@ -15,6 +15,11 @@ that drift on a shared machine hits them alike. Memory is the bytes of the disti
 autograd saves for backward during one meta-step's forward (``saved_tensors_hooks``): CPU has
 no allocator statistics, and these tensors are what the meta-gradient keeps alive.
 
+At meta-batch 4 the sinusoid step is mostly a fixed cost per operator call, so the bench also
+counts the aten operator calls of one meta-step of each side (``torch.profiler``): their ratio
+is the speed-up the engine would reach at the reference's cost per call, the bound that its
+measured speed-up is judged against.
+
 On real Omniglot (the ``omniglot-5w1s-cpu`` preset, built as ``cmlearn train`` builds it) the
 bench also reports a meta-step's achieved FLOP/s (counted by ``FlopCounterMode``) over a large
 matmul's, the tensor-indexing sampler against a per-image decode pipeline, and CML's overhead,
@@ -35,6 +40,7 @@ import statistics
 import sys
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from cmlearn import CmlearnError
@@ -68,7 +75,7 @@ CONV_CHANNELS = 32
 # Steps per repeat; the omniglot_* entries after the first are the Omniglot group's variants
 # that are far cheaper than a meta-step (matmul, sampler, per-image baseline).
 FULL_STEPS = {
-    "sinusoid_b4": 200,
+    "sinusoid_b4": 20,  # times REPEAT_FACTOR
     "sinusoid_b25": 40,
     "conv_b4": 8,
     "omniglot": 3,
@@ -77,7 +84,7 @@ FULL_STEPS = {
     "omniglot_per_image": 3,
 }
 QUICK_STEPS = {
-    "sinusoid_b4": 40,
+    "sinusoid_b4": 4,  # times REPEAT_FACTOR
     "sinusoid_b25": 8,
     "conv_b4": 2,
     "omniglot": 1,
@@ -85,6 +92,11 @@ QUICK_STEPS = {
     "omniglot_sample": 10,
     "omniglot_per_image": 1,
 }
+# Workloads timed with this many times the repeats (of fewer steps each). Sinusoid b=4, whose
+# ratios are the hot-path goals, interleaves its 8 variants every ~0.5 s, so that a busy
+# machine's drift hits them alike: with 200-step repeats one variant's repeat could fall in a
+# quiet second and another's in a busy one (CML/MAML read 1.54 in such a run, 1.20 finely).
+REPEAT_FACTOR = {"sinusoid_b4": 10}
 Forward = Callable[[Cooperative, Params, Tensor, tuple[str, ...]], tuple[Tensor, ...]]
 
 
@@ -153,10 +165,14 @@ def conv_setup(n_tasks: int, channels: int, co: bool) -> Setup:
 # --------------------------------------------------------------------------- objectives
 
 
-def engine_objective(setup: Setup, mode: str, strategy: str) -> Callable[[], Tensor]:
-    """The engine's meta-loss of the setup's batch (MAML when ``mode`` is ``none``)."""
+def engine_objective(
+    setup: Setup, mode: str, strategy: str, pure: bool = True
+) -> Callable[[], Tensor]:
+    """The engine's meta-loss of the setup's batch (MAML when ``mode`` is ``none``);
+    ``pure=False`` runs the model through ``functional_call`` (the path for any model)."""
     rule = InnerRule(steps=1, lr=LR)
     learner = Learner.create(setup.net, rule, CoLearnerSpec(mode, GAMMA), setup.loss, strategy)
+    learner = replace(learner, pure=pure)
     return lambda: learner.meta_objective(setup.batch)[0]
 
 
@@ -260,12 +276,14 @@ def check_same(setup: Setup, mode: str, objectives: dict[str, Callable[[], Tenso
 
 
 def objective_of(setup: Setup, mode: str, impl: str) -> Callable[[], Tensor]:
-    """``impl`` is ``engine-<strategy>``, ``reference`` or ``reference-fcall``."""
+    """``impl`` is ``engine-<strategy>`` (``-fcall`` appended: through ``functional_call``
+    even where the model has a pure form), ``reference`` or ``reference-fcall``."""
     if impl == "reference":
         return reference_objective(setup, mode, explicit_forward)
     if impl == "reference-fcall":
         return reference_objective(setup, mode, module_forward)
-    return engine_objective(setup, mode, impl.removeprefix("engine-"))
+    strategy, _, fcall = impl.removeprefix("engine-").partition("-")
+    return engine_objective(setup, mode, strategy, pure=not fcall)
 
 
 def label(mode: str) -> str:
@@ -274,7 +292,7 @@ def label(mode: str) -> str:
 
 def variant(setup: Setup, benchmark: str, mode: str, impl: str, threads: int) -> Variant:
     """A timed meta-step named ``benchmark/impl/algorithm``."""
-    strategy = impl.removeprefix("engine-") if impl.startswith("engine-") else "per-task"
+    strategy = impl.split("-")[1] if impl.startswith("engine-") else "per-task"
     return Variant(
         f"{benchmark}/{impl}/{label(mode)}",
         meta_step(objective_of(setup, mode, impl), setup),
@@ -338,6 +356,29 @@ def saved_mib(objective: Callable[[], Tensor]) -> float:
     return sum(sizes.values()) / 2**20
 
 
+def op_calls(step: Callable[[], object]) -> dict[str, Any]:
+    """The aten operator calls of one ``step`` (a whole meta-step: the meta-loss with its inner
+    ``autograd.grad``, then ``backward()``), as ``torch.profiler`` records them.
+
+    Counted: every aten op called from Python or by an autograd backward node; not counted
+    again: the ops an aten op runs inside itself (``linear``'s ``t`` and ``addmm``). Each call
+    pays the fixed cost (dispatch, autograd bookkeeping, the Python around it) that dominates
+    a small meta-step, so the reference's count over the engine's is the speed-up that an
+    implementation with the same cost per call would reach. One untimed step runs first, so
+    lazy initialisation is not counted.
+    """
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    calls = Counter(
+        e.name.removeprefix("aten::")
+        for e in prof.events()
+        if e.name.startswith("aten::")
+        and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::"))
+    )
+    return {"total": sum(calls.values()), "by_op": dict(calls.most_common())}
+
+
 @dataclass(frozen=True)
 class Plan:
     """How long to time: repeats, warm-up steps, and meta-steps per repeat per workload."""
@@ -357,6 +398,7 @@ class Results:
     ratios: dict[str, float] = field(default_factory=dict)
     best: dict[str, str] = field(default_factory=dict)
     goals: dict[str, dict] = field(default_factory=dict)
+    ops: dict[str, dict] = field(default_factory=dict)
 
     def time(
         self,
@@ -366,10 +408,12 @@ class Results:
         warmup: int | None = None,
     ) -> None:
         steps, cpu = self.plan.steps[workload], {}
+        if repeats is None:
+            repeats = self.plan.repeats * REPEAT_FACTOR.get(workload, 1)
         times = time_interleaved(
             variants,
             steps,
-            self.plan.repeats if repeats is None else repeats,
+            repeats,
             self.plan.warmup if warmup is None else warmup,
             cpu,
         )
@@ -447,19 +491,42 @@ def busy_cpu_s() -> tuple[float, float] | None:
 
 # --------------------------------------------------------------------------- the benchmarks
 
-SIN_IMPLS = ("engine-batched", "engine-vmap", "engine-loop", "reference", "reference-fcall")
+SIN_IMPLS = (
+    "engine-batched",
+    "engine-batched-fcall",
+    "engine-vmap",
+    "engine-loop",
+    "reference",
+    "reference-fcall",
+)
+# Goals of the lean hot path (sinusoid, meta-batch 4): (comparison, target).
+HOT_PATH_GOALS: dict[str, tuple[str, float]] = {
+    "sinusoid_b4_speedup": (">=", 3.0),
+    "cml_overhead": ("<=", 1.10),
+}
+BOUND_GAP = 1.3  # the speed-up must come within this factor of the op-count bound
+OP_COUNTED = (  # (co-learner mode, implementation) whose operator calls are counted at b=4
+    ("none", "engine-batched"),
+    ("none", "engine-batched-fcall"),
+    ("none", "reference"),
+    ("cml", "engine-batched"),
+)
 CONV_IMPLS = ("engine-loop", "engine-vmap", "reference")
 
 
 def bench_sinusoid(res: Results, n_tasks: int, threads: int) -> None:
-    """Throughput of every strategy and both references; CML overhead at b=4; memory."""
+    """Throughput of every strategy and both references; CML overhead and operator calls at
+    b=4 (with the hot-path goals); memory."""
     key = f"sinusoid_b{n_tasks}"
     setups = {"none": sinusoid_setup(n_tasks, co=False), "cml": sinusoid_setup(n_tasks, co=True)}
     for mode, setup in setups.items():
         check_same(setup, mode, {i: objective_of(setup, mode, i) for i in SIN_IMPLS})
     variants = [variant(setups["none"], key, "none", impl, threads) for impl in SIN_IMPLS]
     if n_tasks == 4:
-        variants.append(variant(setups["cml"], key, "cml", "engine-batched", threads))
+        variants += [
+            variant(setups["cml"], key, "cml", impl, threads)
+            for impl in ("engine-batched", "engine-batched-fcall")
+        ]
     res.time(variants, key)
     ref = res.rate(f"{key}/reference/maml")
     res.ratios[f"{key}_speedup"] = res.rate(f"{key}/engine-batched/maml") / ref
@@ -467,10 +534,16 @@ def bench_sinusoid(res: Results, n_tasks: int, threads: int) -> None:
         res.ratios[f"{key}_{impl[7:]}_speedup"] = res.rate(f"{key}/{impl}/maml") / ref
     fcall = res.rate(f"{key}/reference-fcall/maml")
     res.ratios[f"{key}_speedup_vs_fcall"] = res.rate(f"{key}/engine-batched/maml") / fcall
+    res.ratios[f"{key}_pure_speedup"] = res.rate(f"{key}/engine-batched/maml") / res.rate(
+        f"{key}/engine-batched-fcall/maml"
+    )
     if n_tasks == 4:
-        res.ratios["cml_overhead"] = res.per_step(f"{key}/engine-batched/cml") / res.per_step(
-            f"{key}/engine-batched/maml"
-        )
+        step = res.per_step
+        for impl, suffix in (("engine-batched", ""), ("engine-batched-fcall", "_fcall")):
+            res.ratios[f"cml_overhead{suffix}"] = step(f"{key}/{impl}/cml") / step(
+                f"{key}/{impl}/maml"
+            )
+        count_ops(res, setups, key)
     for mode, setup in setups.items():
         for impl in ("engine-batched", "reference"):
             res.measure_memory(setup, key, mode, impl)
@@ -485,6 +558,38 @@ def bench_sinusoid(res: Results, n_tasks: int, threads: int) -> None:
         res.ratios["engine_memory_ratio_cml"] = mem(f"{key}/engine-batched/cml") / mem(
             f"{key}/reference/cml"
         )
+
+
+def count_ops(res: Results, setups: dict[str, Setup], key: str) -> None:
+    """Operator calls of the timed meta-steps, the op-count bound, and the hot-path goals."""
+    for mode, impl in OP_COUNTED:
+        setup = setups[mode]
+        res.ops[f"{key}/{impl}/{label(mode)}"] = op_calls(
+            meta_step(objective_of(setup, mode, impl), setup)
+        )
+
+    def calls(impl: str, mode: str = "maml") -> int:
+        return res.ops[f"{key}/{impl}/{mode}"]["total"]
+
+    bound = calls("reference") / calls("engine-batched")
+    speedup = res.ratios[f"{key}_speedup"]
+    res.ratios[f"{key}_op_bound"] = bound
+    res.ratios[f"{key}_bound_gap"] = bound / speedup
+    res.ratios["cml_op_ratio"] = calls("engine-batched", "cml") / calls("engine-batched")
+    op, target = HOT_PATH_GOALS[f"{key}_speedup"]
+    parts = {
+        "speedup": goal_entry(speedup, op, target),
+        "bound_gap": goal_entry(bound / speedup, "<=", BOUND_GAP),
+    }
+    res.goals[f"{key}_speedup"] = {
+        **parts["speedup"],
+        "goal": f"{op} {target:g} and within {BOUND_GAP:g}x of the op-count bound "
+        f"({key}_op_bound / {key}_speedup <= {BOUND_GAP:g})",
+        "met": parts["speedup"]["met"] and parts["bound_gap"]["met"],
+        "parts": parts,
+    }
+    op, target = HOT_PATH_GOALS["cml_overhead"]
+    res.goals["cml_overhead"] = goal_entry(res.ratios["cml_overhead"], op, target)
 
 
 def bench_conv(res: Results, channels: int, threads: int) -> tuple[Setup, str]:
@@ -915,7 +1020,7 @@ def run(
     threads: tuple[int, ...] = (1, 2),
     log: Callable[[str], None] = lambda _: None,
 ) -> dict:
-    """Run every benchmark; returns ``{"machine", "config", "measurements", "memory",
+    """Run every benchmark; returns ``{"machine", "config", "measurements", "memory", "ops",
     "ratios", "best", "goals", "omniglot"}``.
 
     ``quick`` times fewer steps per repeat (a smoke test); the ratios keep their meaning but
@@ -956,12 +1061,14 @@ def run(
             "quick": quick,
             "warmup_steps": plan.warmup,
             "steps_per_repeat": steps,
+            "repeat_factor": REPEAT_FACTOR,
             "inner": {"steps": 1, "lr": LR, "order": "second"},
             "gamma": GAMMA,
             "conv_channels": CONV_CHANNELS,
         },
         "measurements": res.rows,
         "memory": res.memory,
+        "ops": res.ops,
         "ratios": res.ratios,
         "best": res.best,
         "goals": res.goals,
@@ -999,10 +1106,16 @@ def format_report(result: dict) -> str:
         )
     lines += ["", f"{'saved for backward (one meta-step)':<48} {'MiB':>10}"]
     lines += [f"{x['name']:<48} {x['saved_MiB']:>10.3f}" for x in result["memory"]]
+    lines += ["", f"{'aten operator calls of one meta-step (torch.profiler)':<56} {'calls':>8}"]
+    lines += [f"{name:<56} {count['total']:>8}" for name, count in result.get("ops", {}).items()]
     lines += ["", "ratios (engine / reference throughput unless named otherwise)"]
     lines += [f"  {k:<40} {number(v):>8}" for k, v in result["ratios"].items()]
     lines += [f"  {k:<40} {v:>8}" for k, v in result["best"].items()]
-    return "\n".join(lines + omniglot_report(result.get("omniglot"), result.get("goals", {})))
+    goals = result.get("goals", {})
+    hot = {k: v for k, v in goals.items() if k not in GOALS}
+    if hot:
+        lines += ["", "goals of the hot path (wall-clock medians)", *goal_lines(hot)]
+    return "\n".join(lines + omniglot_report(result.get("omniglot"), goals))
 
 
 def number(value: float) -> str:
@@ -1030,7 +1143,13 @@ def omniglot_report(section: dict | None, goals: dict[str, dict]) -> list[str]:
         )
     by_cpu = ", ".join(f"{k} {number(v)}" for k, v in section["ratios_by_cpu_time"].items())
     lines.append(f"  the same ratios by process CPU time: {by_cpu}")
-    lines += ["", "goals (wall-clock medians)"]
+    omniglot = {k: v for k, v in goals.items() if k in GOALS}
+    return [*lines, "", "goals (wall-clock medians)", *goal_lines(omniglot)]
+
+
+def goal_lines(goals: dict[str, dict]) -> list[str]:
+    """One line per goal: its value, met or not (or skipped), and the goal."""
+    lines = []
     for key, entry in goals.items():
         if entry["met"] is None:
             status = "skipped"

@@ -10,18 +10,24 @@ forward pass over tasks depends on the strategy:
 
 - ``batched``: the model takes per-task parameters itself (``TaskLinear``): one kernel per
   layer for the whole meta-batch; fastest for MLPs.
-- ``vmap``: ``torch.func.vmap`` of ``functional_call`` over tasks; any vmappable model.
+- ``vmap``: ``torch.func.vmap`` of the model's forward over tasks; any vmappable model.
 - ``loop``: a Python loop over tasks; needed for BatchNorm with running statistics and the
   fastest for conv nets on CPU.
+
+Whatever the strategy, the model runs as a pure function of its parameter tensors where it has
+one (``Cooperative.pure_forward``: MLP backbones and co-learners), and through
+``functional_call`` otherwise (any user model). Both compute the same thing with the same
+kernels; the pure form skips swapping every parameter into the module and back on each call.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from cmlearn import CmlearnError
@@ -32,10 +38,17 @@ from cmlearn.tasks.batch import TaskBatch
 
 STRATEGIES = ("auto", "batched", "vmap", "loop")
 LOSSES = ("mse", "ce")
+# The network as a function of (parameters, input, heads) -> the heads' outputs.
+Forward = Callable[[Params, Tensor, tuple[str, ...]], tuple[Tensor, ...]]
+
+
+def module_forward(net: nn.Module) -> Forward:
+    """The general path, for any model: ``functional_call`` swaps the parameters in."""
+    return lambda params, x, heads: functional_call(net, params, (x,), {"heads": heads})
 
 
 def forward_tasks(
-    net: Cooperative,
+    net: Cooperative | Forward,
     params: Params,
     x: Tensor,
     heads: tuple[str, ...],
@@ -45,16 +58,18 @@ def forward_tasks(
 ) -> tuple[Tensor, ...]:
     """Run ``net`` for every task: ``params`` and ``x`` both have a leading task dimension.
 
-    Parameters named in ``per_step`` hold one row per inner step (``[T, steps, …]``); the
-    row of ``step`` is passed to the model.
+    ``net`` is a module (run through ``functional_call``) or its ``Forward``. Parameters named
+    in ``per_step`` hold one row per inner step (``[T, steps, …]``); the row of ``step`` is
+    passed to the model.
     """
+    forward = module_forward(net) if isinstance(net, nn.Module) else net
     if per_step:
         params = {k: v.select(1, step) if k in per_step else v for k, v in params.items()}
     if strategy == "batched":
-        return functional_call(net, params, (x,), {"heads": heads})
+        return forward(params, x, heads)
 
     def one(p: Params, xi: Tensor) -> tuple[Tensor, ...]:
-        return functional_call(net, p, (xi,), {"heads": heads})
+        return forward(p, xi, heads)
 
     if strategy == "vmap":
         return vmap(one)(params, x)
@@ -71,8 +86,8 @@ def forward_tasks(
 
 def task_losses(out: Tensor, y: Tensor, loss: str) -> Tensor:
     """Mean loss of each task, shape ``[T]``."""
-    if loss == "mse":
-        return (out - y).square().flatten(1).mean(1)
+    if loss == "mse":  # one fused op and one backward op (sub, square, flatten took three each)
+        return F.mse_loss(out, y, reduction="none").mean(tuple(range(1, out.dim())))
     if loss == "ce":
         per = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
         return per.view(y.shape[0], -1).mean(1)
@@ -92,7 +107,8 @@ class Learner:
     """Everything that is meta-learned, and the data that says how.
 
     ``net`` holds ψ, θ and (optionally) ϕ; ``step_sizes`` the inner step sizes (learned ones
-    are leaves with ``requires_grad``).
+    are leaves with ``requires_grad``). ``pure`` runs ``net`` as a pure function of its
+    parameters where it has one (the same results, faster); False forces ``functional_call``.
     """
 
     net: Cooperative
@@ -103,6 +119,20 @@ class Learner:
     strategy: str = "batched"
     per_step: frozenset[str] = frozenset()  # parameters with one row per inner step
     bn: frozenset[str] = frozenset()  # BatchNorm affine parameters
+    pure: bool = True
+    forward: Forward = field(init=False, repr=False, compare=False)
+    _slots: list[tuple[str, nn.Module, str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        pure = self.net.pure_forward() if self.pure else None
+        self.forward = pure or module_forward(self.net)
+        # (name, module, attribute) of every parameter: ``params`` reads the attributes each
+        # step (so a replaced tensor is seen) without walking the module tree, which took ~3%
+        # of a sinusoid meta-step. Modules added to ``net`` later are not seen.
+        self._slots = []
+        for name, _ in self.net.named_parameters():
+            prefix, _, attr = name.rpartition(".")
+            self._slots.append((name, self.net.get_submodule(prefix), attr))
 
     @classmethod
     def create(
@@ -142,12 +172,12 @@ class Learner:
 
     def params(self, adapted_colearner: bool = True) -> Params:
         """ψ, θ and ϕ by name. Without ``adapted_colearner`` ϕ is left out: a co-learner that
-        is never adapted is shared by all tasks, so ``functional_call`` uses the module's own
+        is never adapted is shared by all tasks, so the forward uses the module's own
         parameters (no per-task view, no swap), and gradients reach them directly."""
         return {
-            k: v
-            for k, v in self.net.named_parameters()
-            if adapted_colearner or not k.startswith("colearner.")
+            name: getattr(module, attr)
+            for name, module, attr in self._slots
+            if adapted_colearner or not name.startswith("colearner.")
         }
 
     def meta_objective(self, batch: TaskBatch, progress: float = 0.0) -> tuple[Tensor, dict]:
@@ -175,7 +205,7 @@ class Learner:
             if weight == 0.0:
                 continue
             outs = forward_tasks(
-                self.net,
+                self.forward,
                 adapted,
                 batch.query_x,
                 co.heads(inner=False),
@@ -198,7 +228,7 @@ class Learner:
 
         def loss(p: Params, step: int) -> Tensor:
             outs = forward_tasks(
-                self.net, p, batch.support_x, heads, self.strategy, step, self.per_step
+                self.forward, p, batch.support_x, heads, self.strategy, step, self.per_step
             )
             total = task_losses(outs[0], batch.support_y, self.loss)
             if len(outs) > 1:
@@ -243,7 +273,7 @@ class Learner:
         adapted = adapt(params, sizes, rule, loss_fn, steps, True)[-1]
         with torch.no_grad():
             (out,) = forward_tasks(
-                self.net,
+                self.forward,
                 adapted,
                 batch.query_x,
                 (plan.predict_head,),

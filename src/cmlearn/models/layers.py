@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+PureStep = Callable[[Mapping[str, Tensor], Tensor], Tensor]
+
+
+def task_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``x @ weight.T + bias`` with a weight shared by all tasks (``[out, in]``) or one per task
+    (``[T, out, in]``, inputs ``[T, …, in]``).
+
+    The one definition of ``TaskLinear``'s arithmetic, so that its module forward and its pure
+    form (``pure_step``) run the very same kernels and give bit-identical results.
+    """
+    if weight.dim() == 3:
+        if x.dim() == 3:  # [T, n, in], the usual case: no reshaping (a view op and its backward)
+            return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+        lead = x.shape[1:-1]
+        out = torch.baddbmm(bias.unsqueeze(1), x.flatten(1, -2), weight.transpose(1, 2))
+        return out.view(x.shape[0], *lead, -1)
+    return F.linear(x, weight, bias)
 
 
 class TaskLinear(nn.Module):
@@ -28,13 +47,7 @@ class TaskLinear(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.weight.dim() == 3:
-            lead = x.shape[1:-1]
-            out = torch.baddbmm(
-                self.bias.unsqueeze(1), x.flatten(1, -2), self.weight.transpose(1, 2)
-            )
-            return out.view(x.shape[0], *lead, -1)
-        return F.linear(x, self.weight, self.bias)
+        return task_linear(x, self.weight, self.bias)
 
 
 class StepBatchNorm2d(nn.Module):
@@ -59,3 +72,41 @@ class StepBatchNorm2d(nn.Module):
         if w.dim() == 2:
             w, b = w[0], b[0]
         return F.batch_norm(x, None, None, w, b, training=True, eps=self.eps)
+
+
+def pure_step(module: nn.Module, prefix: str) -> PureStep | None:
+    """``module``'s forward as a function of a parameter dict, or None where it has no pure form.
+
+    ``params[prefix + name]`` replaces the module's parameter ``name``; a name absent from the
+    dict is the module's own parameter, read at call time, exactly as ``functional_call``
+    treats it, but without swapping tensors into the module and back on every call (a fifth
+    of a sinusoid MLP's meta-step at meta-batch 4). Known exact types only (``TaskLinear``,
+    ``nn.ReLU``, ``nn.Sequential`` of them): a subclass may override ``forward``. Hooks are
+    not run: ``Cooperative.pure_forward`` hands a hooked model to ``functional_call``.
+    """
+    kind = type(module)
+    if kind is nn.ReLU and not module.inplace:
+        return lambda params, x: torch.relu(x)
+    if kind is TaskLinear:
+        w, b = prefix + "weight", prefix + "bias"
+
+        def linear(params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+            weight = params[w] if w in params else module.weight
+            return task_linear(x, weight, params[b] if b in params else module.bias)
+
+        return linear
+    if kind is nn.Sequential:
+        steps: list[PureStep] = []
+        for name, child in module.named_children():
+            step = pure_step(child, f"{prefix}{name}.")
+            if step is None:
+                return None
+            steps.append(step)
+
+        def chain(params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+            for layer in steps:
+                x = layer(params, x)
+            return x
+
+        return chain
+    return None
