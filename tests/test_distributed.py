@@ -167,9 +167,7 @@ def test_an_interrupted_two_rank_run_resumes_exactly(two_ranks, run):
 def test_a_nan_loss_on_one_rank_stops_every_rank_at_the_same_step(two_ranks):
     stderr = (two_ranks / "stderr.txt").read_text()
     assert "rank 1: error: loss became nan at step 5; stopped." in stderr
-    assert (
-        "rank 0: error: loss became nan at step 5; stopped. The best model (step 4)" in stderr
-    )
+    assert "rank 0: error: loss became nan at step 5; stopped. The best model (step 4)" in stderr
     assert torch.load(two_ranks / "nan" / CHECKPOINT, weights_only=True)["state"]["step"] == 4
 
 
