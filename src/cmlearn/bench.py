@@ -1047,6 +1047,8 @@ def run(
         omniglot = bench_omniglot(res, threads[0], quick)
         if omniglot["status"] != "ok":
             log(omniglot["note"])
+        ddp = bench_ddp(res, quick, log)
+        leaks = bench_leaks(res, quick, log)
     finally:
         torch.set_num_threads(base)
     busy_end, wall = busy_cpu_s(), time.perf_counter() - start
@@ -1073,7 +1075,42 @@ def run(
         "best": res.best,
         "goals": res.goals,
         "omniglot": omniglot,
+        "ddp": ddp,
+        "leaks": leaks,
     }
+
+
+def bench_ddp(res: Results, quick: bool, log: Callable[[str], None]) -> dict:
+    """2 ranks × 1 thread against 1 process × 1 thread on the Omniglot meta-step."""
+    from cmlearn.bench_ddp import GOAL, ddp_2proc_speedup
+
+    log("ddp: 2 processes x 1 thread vs 1 process x 1 thread")
+    ddp = ddp_2proc_speedup(*((1, 1, 1) if quick else (3, 5, 2)), log=log)
+    if ddp["status"] == "ok":
+        res.ratios["ddp_2proc_speedup"] = ddp["ddp_2proc_speedup"]
+        res.ratios["cml_overhead_ddp"] = ddp["cml_overhead_ddp"]
+        res.goals["ddp_2proc_speedup"] = ddp["goal"]
+    else:
+        res.goals["ddp_2proc_speedup"] = goal_entry(None, ">=", GOAL) | {"note": ddp["note"]}
+    return ddp
+
+
+def bench_leaks(res: Results, quick: bool, log: Callable[[str], None]) -> list[dict]:
+    """Resident-memory growth of real training runs between two late marks (cmlearn.leaks)."""
+    from cmlearn.leaks import BOUND_MIB, WORKLOADS, memory_growth
+
+    marks = (50, 300) if quick else (200, 2000)
+    found = []
+    for name in WORKLOADS:
+        log(f"leak check {name}: steps {marks[0]} -> {marks[1]}")
+        try:
+            result = memory_growth(name, marks)
+        except CmlearnError as err:  # e.g. no Omniglot data
+            res.goals[f"leak_{name}_mib"] = goal_entry(None, "<=", BOUND_MIB) | {"note": str(err)}
+            continue
+        found.append(result)
+        res.goals[f"leak_{name}_mib"] = goal_entry(result["growth_mib"], "<=", BOUND_MIB)
+    return found
 
 
 # --------------------------------------------------------------------------- CLI
