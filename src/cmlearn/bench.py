@@ -1089,6 +1089,7 @@ def bench_ddp(res: Results, quick: bool, log: Callable[[str], None]) -> dict:
     if ddp["status"] == "ok":
         res.ratios["ddp_2proc_speedup"] = ddp["ddp_2proc_speedup"]
         res.ratios["cml_overhead_ddp"] = ddp["cml_overhead_ddp"]
+        res.ratios["ddp_2proc_ceiling"] = ddp["ddp_2proc_ceiling"]
         res.goals["ddp_2proc_speedup"] = ddp["goal"]
     else:
         res.goals["ddp_2proc_speedup"] = goal_entry(None, ">=", GOAL) | {"note": ddp["note"]}
