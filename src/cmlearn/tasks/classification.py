@@ -34,23 +34,7 @@ class ClassificationSource:
     metric: str = "accuracy"
 
     def __post_init__(self) -> None:
-        for split, queries in (
-            ("train", self.queries),
-            ("val", self.eval_queries),
-            ("test", self.eval_queries),
-        ):
-            n = len(self.dataset.splits[split])
-            if self.ways > n:
-                raise CmlearnError(
-                    f"{self.dataset.name}: {self.ways}-way tasks need {self.ways} classes but "
-                    f"the {split} split has {n}"
-                )
-            need, have = self.shots + queries, self.dataset.min_count(split)
-            if need > have:
-                raise CmlearnError(
-                    f"{self.dataset.name}: {self.shots} shots + {queries} queries = {need} "
-                    f"examples per class, but a {split} class has only {have}"
-                )
+        check_sizes(self.dataset, self.ways, self.shots, self.queries, self.eval_queries)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -64,17 +48,12 @@ class ClassificationSource:
         pool, classes = self.dataset.pool, self.dataset.splits[split]
         n, k = self.ways, self.shots
         q = self.queries if split == "train" else self.eval_queries
-        keys = torch.rand(n_tasks, len(classes), generator=gen)  # a random order of classes
-        chosen = keys.topk(n, 1, largest=False).indices  # its first N: [T, N]
+        chosen = draw_classes(n_tasks, len(classes), n, gen)
         ids = classes.classes[chosen]
         turns = classes.rotations[chosen]
         drawn = torch.randint(0, 4, turns.shape, generator=gen)
         turns = torch.where(turns < 0, drawn, turns)
-        counts = pool.counts[ids]  # [T, N]
-        most = int(counts.max())
-        keys = torch.rand(n_tasks, n, most, generator=gen)
-        keys = keys.masked_fill(torch.arange(most) >= counts[..., None], 2.0)
-        picks = keys.topk(k + q, -1, largest=False).indices  # distinct examples per class
+        picks = draw_members(pool.counts[ids], k + q, gen)
         index = pool.offsets[ids][..., None] + picks  # [T, N, K+Q]
         x = pool.images[index.to(pool.images.device)]  # [T, N, K+Q, C, H, W] uint8
         x = rotate(x, turns.to(x.device))
@@ -88,6 +67,41 @@ class ClassificationSource:
             x[:, :, k:].flatten(1, 2),
             query_y.contiguous(),
         )
+
+
+def check_sizes(
+    dataset, ways: int, shots: int, queries: int, eval_queries: int, unit: str = "examples"
+) -> None:
+    """Refuse tasks a split cannot fill: fewer than ``ways`` classes, or a class with fewer than
+    ``shots + queries`` members (``dataset``: ``name``, ``splits[split]``, ``min_count``)."""
+    for split, q in (("train", queries), ("val", eval_queries), ("test", eval_queries)):
+        n = len(dataset.splits[split])
+        if ways > n:
+            raise CmlearnError(
+                f"{dataset.name}: {ways}-way tasks need {ways} classes but the {split} split "
+                f"has {n}"
+            )
+        need, have = shots + q, dataset.min_count(split)
+        if need > have:
+            raise CmlearnError(
+                f"{dataset.name}: {shots} shots + {q} queries = {need} {unit} per class, but a "
+                f"{split} class has only {have}"
+            )
+
+
+def draw_classes(n_tasks: int, n_classes: int, ways: int, gen: torch.Generator) -> Tensor:
+    """Positions ``[T, ways]`` of distinct classes per task, in random order (the labels)."""
+    keys = torch.rand(n_tasks, n_classes, generator=gen)  # a random order of classes
+    return keys.topk(ways, 1, largest=False).indices  # its first N
+
+
+def draw_members(counts: Tensor, m: int, gen: torch.Generator) -> Tensor:
+    """``m`` distinct member positions ``[T, N, m]`` of each class, whose sizes are ``counts``
+    (``[T, N]``): the ``m`` smallest of uniform keys, the keys past a class's size masked."""
+    most = int(counts.max())
+    keys = torch.rand(*counts.shape, most, generator=gen)
+    keys = keys.masked_fill(torch.arange(most, device=counts.device) >= counts[..., None], 2.0)
+    return keys.topk(m, -1, largest=False).indices
 
 
 def rotate(x: Tensor, turns: Tensor) -> Tensor:

@@ -1,0 +1,72 @@
+"""N-way K-shot node classification tasks on one graph (transductive, TLP-FSNC's episodes).
+
+A task is ``N`` distinct classes of a split, drawn in random order (so labels ``0..N-1`` are a
+fresh permutation of class ids each task), and ``K + Q`` distinct nodes of each class, the
+first ``K`` the support, the rest the query; both ordered class by class. ``Q`` is
+``queries`` in meta-training tasks and ``eval_queries`` in validation and test tasks (TLP: 5
+and 10). The whole graph stays visible (features and Â of every node, any split): a task only
+withholds labels. So a task's ``x`` is the int64 index of its nodes into the graph, which a
+model takes from the source (``source.graph``). The draws are those of the image sampler
+(``draw_classes``, ``draw_members``), from the same seeded generators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cmlearn.data.graphs import Graph, NodeDataset
+from cmlearn.registry import SAMPLERS
+from cmlearn.tasks.batch import TaskBatch
+from cmlearn.tasks.classification import check_sizes, draw_classes, draw_members
+
+
+@dataclass(frozen=True)
+class NodeTaskSource:
+    """``ways``-way ``shots``-shot node tasks, ``queries`` (train) or ``eval_queries`` (val,
+    test) query nodes per class; batches live on the graph's device."""
+
+    dataset: NodeDataset
+    ways: int
+    shots: int
+    queries: int
+    eval_queries: int
+    loss: str = "ce"
+    metric: str = "accuracy"
+    input_shape: tuple[int, ...] = ()  # one example is one node index
+
+    def __post_init__(self) -> None:
+        ds = self.dataset
+        check_sizes(ds, self.ways, self.shots, self.queries, self.eval_queries, unit="nodes")
+
+    @property
+    def graph(self) -> Graph:
+        return self.dataset.graph
+
+    @property
+    def out_features(self) -> int:
+        return self.ways
+
+    def sample(self, n_tasks: int, gen: torch.Generator, split: str = "train") -> TaskBatch:
+        ds, n, k = self.dataset, self.ways, self.shots
+        q = self.queries if split == "train" else self.eval_queries
+        classes = ds.splits[split]
+        ids = classes[draw_classes(n_tasks, len(classes), n, gen)]  # [T, N]
+        picks = draw_members(ds.counts[ids], k + q, gen)  # [T, N, K+Q]
+        nodes = ds.members[ds.offsets[ids][..., None] + picks]
+        labels = torch.arange(n)
+        batch = TaskBatch(
+            nodes[:, :, :k].flatten(1, 2),
+            labels.repeat_interleave(k).expand(n_tasks, n * k).contiguous(),
+            nodes[:, :, k:].flatten(1, 2),
+            labels.repeat_interleave(q).expand(n_tasks, n * q).contiguous(),
+        )
+        return batch.to(self.graph.labels.device)
+
+
+@SAMPLERS.register("nodes")
+def node_source(dataset: NodeDataset, task, device: torch.device) -> NodeTaskSource:
+    return NodeTaskSource(
+        dataset.to(device), task.ways, task.shots, task.queries, task.eval_queries
+    )
