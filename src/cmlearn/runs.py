@@ -218,15 +218,14 @@ def read_state(path: Path, device: torch.device | None = None) -> dict:
         raise CmlearnError(f"missing {path}")
     try:
         data = torch.load(path, weights_only=True, map_location=device)
-    except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower():
+    except Exception as err:  # torch.load raises many types for a damaged file
+        if isinstance(err, pickle.UnpicklingError) and "weights only" in str(err).lower():
             raise CmlearnError(
                 f"refusing {path}: it holds pickled Python objects, not only tensors, and "
                 "cmlearn never runs code from a file (it was not written by cmlearn)"
             ) from None
-        raise CmlearnError(f"corrupt checkpoint file {path}: {first_line(err)}") from None
-    except Exception as err:  # torch.load raises many types for a damaged file
-        raise CmlearnError(f"corrupt checkpoint file {path}: {first_line(err)}") from None
+        sentence = first_line(err).split(". ")[0].rstrip(".")  # torch's are paragraphs
+        raise CmlearnError(f"corrupt checkpoint file {path}: {sentence}") from None
     wanted = KEYS.get(path.name, ())
     missing = [k for k in wanted if not isinstance(data, dict) or k not in data]
     if missing:
@@ -263,9 +262,5 @@ def load_run(
 
 
 def first_line(err: BaseException) -> str:
-    """The first sentence of an error's first line (torch's are paragraphs)."""
     text = str(err).strip()
-    if not text:
-        return type(err).__name__
-    line = text.splitlines()[0]
-    return line.split(". ")[0].rstrip(".")
+    return text.splitlines()[0] if text else type(err).__name__

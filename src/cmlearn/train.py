@@ -183,7 +183,7 @@ def _train(
     resume: bool,
     progress: bool,
     should_stop: Callable[[int], bool] | None,
-    runtime: Runtime | None,
+    runtime: Runtime,
     step_fn: Callable[..., StepResult],
     dist: Distributed,
 ) -> dict:
@@ -197,7 +197,6 @@ def _train(
     if dist.main and not resume:  # first, so a run stopped while it loads data can still be resumed
         folder.write_config(cfg)
     resume = dist.agree(resume)  # the other ranks follow rank 0's reading of the folder
-    runtime = runtime or Runtime()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     source = build_source(cfg, runtime)
