@@ -8,8 +8,7 @@ import torch
 from cmlearn.algorithms import InnerRule
 from cmlearn.cml import CoLearnerSpec
 from cmlearn.engine import Learner
-from cmlearn.models import ConvNet, Cooperative, GraphEncoder, build_colearner, normalized_adjacency
-from cmlearn.models.cooperative import BodyHead
+from cmlearn.models import ConvNet, Cooperative, build_colearner
 from cmlearn.tasks import TaskBatch
 
 
@@ -94,34 +93,3 @@ def test_running_bn_requires_the_loop_strategy():
     cfg = Config().override(["model.name=conv4", "model.bn=running", "train.strategy=vmap"])
     with pytest.raises(CmlearnError, match="loop"):
         resolve_strategy(cfg, conv_learner(bn="running").net)
-
-
-def graph_learner(strategy: str) -> tuple[Learner, TaskBatch]:
-    torch.manual_seed(0)
-    n, f = 30, 6
-    features = torch.randn(n, f)
-    edges = torch.randint(0, n, (2, 80))
-    labels = (features[:, 0] > 0).long()
-    encoder = GraphEncoder(features, normalized_adjacency(edges, n), hidden=8)
-    model = BodyHead(torch.nn.Sequential(encoder), torch.nn.Linear(8, 2))
-    net = Cooperative(model, build_colearner((8,), 2, (8,)))
-    rule = InnerRule(steps=2, lr=0.5)
-    learner = Learner.create(net, rule, CoLearnerSpec("cml", 0.2), "ce", strategy)
-    g = torch.Generator().manual_seed(1)
-    idx = torch.stack([torch.randperm(n, generator=g)[:10] for _ in range(3)])
-    batch = TaskBatch(idx[:, :4], labels[idx[:, :4]], idx[:, 4:], labels[idx[:, 4:]])
-    return learner, batch
-
-
-def test_graph_model_with_node_index_input():
-    (a, batch), (b, _) = graph_learner("loop"), graph_learner("vmap")
-    la, _ = a.meta_objective(batch)
-    lb, _ = b.meta_objective(batch)
-    la.backward()
-    lb.backward()
-    torch.testing.assert_close(la, lb)
-    for p, q in zip(a.net.parameters(), b.net.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
-    assert a.net.model.body[0].lin.weight.grad.abs().sum() > 0
-    # the graph is input, not state: it never enters a checkpoint
-    assert "model.body.0.features" not in a.net.state_dict()

@@ -38,13 +38,11 @@ def build_learner(cfg: Config, source: TaskSource, device: torch.device | None =
     try:
         with _seeded("init", cfg.train.seed):
             rows = cfg.inner.steps if cfg.inner.per_step_bn else 0
-            model = MODELS.get(cfg.model.name).build(
-                cfg.model.options, source.input_shape, source.out_features, rows
-            )
+            model = MODELS.get(cfg.model.name).build(cfg.model.options, source, rows)
         colearner = None
         if spec.active:
             probe = Cooperative(model, None, cfg.colearner.point)
-            example = torch.zeros((2, *source.input_shape))
+            example = source.sample(1, generator("val", 0), "val").support_x[0]  # a real input
             was = model.training
             model.eval()  # no running statistics touched by the probe
             with torch.no_grad():

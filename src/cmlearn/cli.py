@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("presets", help="list the presets")
     pr.add_argument("--json", action="store_true", help="each preset's resolved configuration")
+    pr.add_argument("--table", type=int, help="only the presets of this paper table (e.g. 3)")
     bench = sub.add_parser("bench", help="speed and memory benchmarks (ratios to a reference)")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--quick", action="store_true")
@@ -298,13 +299,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_presets(args: argparse.Namespace) -> int:
     from cmlearn.presets import describe
 
+    listed = describe(args.table)
     if args.json:
         from cmlearn.presets import get_preset
 
-        print(json.dumps({name: get_preset(name).to_dict() for name, _ in describe()}))
+        print(json.dumps({name: get_preset(name).to_dict() for name, _ in listed}))
         return 0
-    for name, text in describe():
-        print(f"{name:<26}{text}")
+    width = max(len(name) for name, _ in listed) + 2
+    for name, text in listed:
+        print(f"{name:<{width}}{text}")
     return 0
 
 

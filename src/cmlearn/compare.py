@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,8 @@ from cmlearn.train import train
 
 @dataclass(frozen=True)
 class Method:
-    """``algorithm[+colearner]``; ``cml`` alone means ``maml+cml``."""
+    """``algorithm[+colearner]``; a co-learner mode alone (``cml``) keeps the preset's
+    algorithm (``maml`` for the image presets, ``fomaml`` for the graph presets)."""
 
     name: str
     algorithm: str
@@ -30,7 +31,7 @@ class Method:
     def parse(cls, text: str) -> Method:
         text = text.strip()
         if text in CO_MODES and text != "none":
-            return cls(text, "maml", text)
+            return cls(text, "", text)
         algorithm, plus, mode = text.partition("+")
         mode = mode or ("" if plus else "none")  # "maml+" names no co-learner: refused
         if algorithm not in ALGORITHMS or mode not in CO_MODES:
@@ -40,10 +41,14 @@ class Method:
             )
         return cls(text, algorithm, mode)
 
+    def resolved(self, algorithm: str) -> Method:
+        """The method with a bare co-learner mode's algorithm filled in."""
+        return replace(self, algorithm=self.algorithm or algorithm)
+
     def config(self, base: Config, seed: int) -> Config:
         return base.apply(
             [
-                ("algorithm", self.algorithm),
+                ("algorithm", self.algorithm or base.algorithm),
                 ("colearner.mode", self.colearner),
                 ("train.seed", seed),
             ]
@@ -77,13 +82,15 @@ def compare(
     ``paired`` (each method minus the first on the same tasks and seeds) and ``paired_base``
     (each ``algorithm+colearner`` minus its ``algorithm``, when both ran).
     """
-    parsed = [Method.parse(m) for m in methods]
+    parsed = [Method.parse(m).resolved(base.algorithm) for m in methods]
     for what, items in (("method", [m.name for m in parsed]), ("seed", seeds)):
         twice = sorted({str(i) for i in items if items.count(i) > 1})
         if twice:
             raise CmlearnError(f"{what} {', '.join(twice)} given twice; each runs once")
     if len({(m.algorithm, m.colearner) for m in parsed}) != len(parsed):
-        raise CmlearnError("each method may appear once in --methods (cml is maml+cml)")
+        raise CmlearnError(
+            f"each method may appear once in --methods (cml is {base.algorithm}+cml here)"
+        )
     runtime = runtime or Runtime()
     source = build_source(base, runtime)
     tasks = fixed_tasks(source, base.eval.tasks, base.eval.seed, "test")

@@ -65,12 +65,14 @@ class TaskConfig:
     queries: int = 10  # query examples (per class) in meta-training tasks
     eval_queries: int = 100  # query examples (per class) in validation and test tasks
     meta_batch: int = 4
+    context: int = 0  # node tasks: two sets of this many task nodes for AMM-GNN's modulation
 
     def __post_init__(self) -> None:
         for name in ("ways", "shots", "queries", "eval_queries", "meta_batch"):
             check(
                 getattr(self, name) > 0, f"task.{name} must be positive (got {getattr(self, name)})"
             )
+        check(0 <= self.context <= 10_000, "task.context must be in [0, 10000]")
         check(self.meta_batch <= 100_000, "task.meta_batch must be at most 100000")
 
 
@@ -94,6 +96,8 @@ class TrainConfig:
     steps: int = 70_000
     meta_lr: float = 1e-3  # Adam β for ψ, θ (and learned step sizes)
     colearner_lr: float = 0.0  # Adam lr of ϕ's own param group; 0 = meta_lr
+    weight_decay: float = 0.0  # Adam's coupled L2 (torch's ``weight_decay``; TLP: 5e-4)
+    patience: int = 0  # >0: stop after this many validations without a strict improvement
     task_chunk: int = 0  # >0: accumulate the meta-gradient over chunks of this many tasks
     val_every: int = 1000
     val_tasks: int = 200
@@ -114,6 +118,11 @@ class TrainConfig:
             math.isfinite(self.colearner_lr) and self.colearner_lr >= 0,
             "train.colearner_lr must be finite and not negative (0 = meta_lr)",
         )
+        check(
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "train.weight_decay must be finite and not negative",
+        )
+        check(self.patience >= 0, "train.patience must not be negative (0 = no early stop)")
         check(self.task_chunk >= 0, "train.task_chunk must not be negative (0 = all tasks)")
         check(self.val_every > 0, "train.val_every must be positive")
         check(0 < self.val_tasks <= 1_000_000, "train.val_tasks must be in [1, 1000000]")

@@ -22,7 +22,8 @@ kernels; the pure form skips swapping every parameter into the module and back o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -143,15 +144,18 @@ class Learner:
         if co.mode == "random":
             for p in net.colearner.parameters():
                 p.requires_grad_(False)
-        bn, per_step = set(), set()
+        bn, per_step, outer = set(), set(), set()
         for prefix, module in net.named_modules():
+            if getattr(module, "outer_only", False):  # e.g. AMM-GNN's modulation maps
+                outer |= {f"{prefix}.{k}" for k, _ in module.named_parameters()}
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) or getattr(
                 module, "per_step", False
             ):
                 names = {f"{prefix}.{k}" for k, _ in module.named_parameters(recurse=False)}
                 bn |= names
                 per_step |= names if getattr(module, "per_step", False) else set()
-        sizes = rule.init_step_sizes(dict(net.named_parameters()), co.adapts, frozenset(bn))
+        params = {k: v for k, v in net.named_parameters() if k not in outer}
+        sizes = rule.init_step_sizes(params, co.adapts, frozenset(bn))
         if rule.learn_lr != "none":
             sizes = {k: v.requires_grad_() for k, v in sizes.items()}
         return cls(net, sizes, rule, co, loss, strategy, frozenset(per_step), frozenset(bn))
@@ -204,15 +208,16 @@ class Learner:
         for step, (weight, adapted) in enumerate(zip(weights, trajectory, strict=True)):
             if weight == 0.0:
                 continue
-            outs = forward_tasks(
-                self.forward,
-                adapted,
-                batch.query_x,
-                co.heads(inner=False),
-                self.strategy,
-                step,
-                self.per_step,
-            )
+            with self._query_mode():
+                outs = forward_tasks(
+                    self.forward,
+                    adapted,
+                    batch.query_x,
+                    co.heads(inner=False),
+                    self.strategy,
+                    step,
+                    self.per_step,
+                )
             for key, out in zip(("meta", "co"), outs, strict=False):
                 loss = task_losses(out, batch.query_y, self.loss)
                 loss = loss if weight == 1.0 else weight * loss
@@ -220,7 +225,25 @@ class Learner:
             if self.loss == "ce":
                 terms["accuracy"] = task_accuracy(outs[0], batch.query_y)
         total = terms["meta"] + co.gamma * terms["co"] if co.active else terms["meta"]
+        penalty = getattr(self.net.model, "penalty", None)
+        if penalty is not None:  # a model's own outer-loss term (AMM-GNN's regulariser)
+            terms["penalty"] = penalty(batch.query_x)
+            total = total + terms["penalty"]
         return total.mean(), terms
+
+    @contextmanager
+    def _query_mode(self) -> Iterator[None]:
+        """Query losses in eval mode for models that ask (``query_eval``: TLP's GNNs drop out
+        only in the inner loop); the mode is restored after."""
+        was = self.net.training
+        if not (was and getattr(self.net.model, "query_eval", False)):
+            yield
+            return
+        self.net.eval()
+        try:
+            yield
+        finally:
+            self.net.train(was)
 
     def _support_loss(self, batch: TaskBatch, head: str | None = None):
         """Per-task support loss: training's (meta, plus γ·co when CL adapts ϕ) or one head's."""

@@ -61,6 +61,7 @@ class RunState:
     best_step: int = -1
     window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # sums, count
     records: int = -1  # lines in metrics.jsonl when the checkpoint was written (-1: unknown)
+    stale: int = 0  # validations since the best one (early stopping)
 
 
 class RunFolder:

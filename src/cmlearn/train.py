@@ -34,7 +34,7 @@ from cmlearn.logs import open_sink
 from cmlearn.progress import Progress
 from cmlearn.runs import CONFIG, METRICS, RunFolder, RunState
 from cmlearn.runtime import Runtime
-from cmlearn.tasks import TaskBatch, generator
+from cmlearn.tasks import TaskBatch, generator, task_seed
 
 
 def lower_is_better(metric: str) -> bool:
@@ -53,7 +53,7 @@ def make_optimizer(learner: Learner, cfg: Config) -> torch.optim.Adam:
         groups.append(
             {"params": list(net.colearner.parameters()), "lr": co_lr, "name": "colearner"}
         )
-    return torch.optim.Adam(groups)
+    return torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
 
 
 @dataclass
@@ -226,6 +226,8 @@ def _train(
         if dist.main:
             folder.save_checkpoint(learner, optimizer, state, cfg)
     dist.check_start(learner, state.step)
+    if dist.active and cfg.train.patience:
+        raise CmlearnError("train.patience (early stopping) runs in one process; drop --nproc")
 
     val = fixed_tasks(source, cfg.train.val_tasks, cfg.eval.seed, "val", keep=True)
     better = (lambda a, b: a < b) if lower_is_better(source.metric) else (lambda a, b: a > b)
@@ -252,9 +254,10 @@ def _train(
                 if sink is not None:
                     sink.write(record)
 
-            while state.step < total:
+            while state.step < total and not _patience_spent(cfg, state):
                 step = state.step
                 batch = source.sample(cfg.task.meta_batch, generator("train", cfg.train.seed, step))
+                torch.manual_seed(task_seed("dropout", cfg.train.seed, step))  # exact on resume
                 analyse = bool(cfg.train.analysis_every) and step % cfg.train.analysis_every == 0
                 try:
                     result = step_fn(
@@ -308,8 +311,10 @@ def _train(
                     }
                     emit(record | ({"step_sizes": learned} if learned else {}))
                     if state.best_step < 0 or better(value, state.best):
-                        state.best, state.best_step = value, state.step
+                        state.best, state.best_step, state.stale = value, state.step, 0
                         folder.save_best(learner, cfg, state.step)
+                    else:
+                        state.stale += 1
                     folder.save_checkpoint(learner, optimizer, state, cfg)
                 if dist.stopping if dist.active else asked(state.step):
                     if dist.main:
@@ -325,10 +330,17 @@ def _train(
     return {
         "run": str(out),
         "steps": state.step,
+        "stopped_early": _patience_spent(cfg, state),
         "best_step": state.best_step,
         f"best_val_{source.metric}": state.best if not math.isnan(state.best) else None,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _patience_spent(cfg: Config, state: RunState) -> bool:
+    """Early stopping: ``train.patience`` validations in a row without a strict improvement
+    (TLP-FSNC's rule). Kept in the checkpoint, so a resumed run that had stopped stays stopped."""
+    return 0 < cfg.train.patience <= state.stale
 
 
 def _kept(state: RunState, out: Path) -> str:

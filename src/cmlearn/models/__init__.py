@@ -3,7 +3,7 @@
 from cmlearn.models.colearner import build_colearner
 from cmlearn.models.conv import ConvNet
 from cmlearn.models.cooperative import BodyHead, Cooperative
-from cmlearn.models.gcn import GraphEncoder, normalized_adjacency
+from cmlearn.models.graph import GCNEncoder, GraphModel
 from cmlearn.models.layers import TaskLinear
 from cmlearn.models.mlp import MLP
 
@@ -11,9 +11,9 @@ __all__ = [
     "BodyHead",
     "ConvNet",
     "Cooperative",
-    "GraphEncoder",
+    "GCNEncoder",
+    "GraphModel",
     "MLP",
     "TaskLinear",
     "build_colearner",
-    "normalized_adjacency",
 ]

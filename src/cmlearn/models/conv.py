@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
@@ -12,6 +13,9 @@ from cmlearn.models.layers import StepBatchNorm2d
 from cmlearn.registry import MODELS, check
 
 BN_MODES = ("transductive", "running")
+
+if TYPE_CHECKING:
+    from cmlearn.tasks.batch import TaskSource
 
 
 def conv_block(cin: int, cout: int, pool: bool, bn: str, bn_steps: int = 0) -> nn.Sequential:
@@ -95,11 +99,10 @@ class Conv4Options:
 
 
 @MODELS.register("conv4", Conv4Options, "Conv-4 (conv3×3-BN-ReLU-pool blocks; last pool in head)")
-def conv4(
-    options: Conv4Options, input_shape: tuple[int, ...], out_features: int, step_rows: int = 0
-) -> ConvNet:
+def conv4(options: Conv4Options, source: TaskSource, step_rows: int = 0) -> ConvNet:
     """``step_rows``: per-step BatchNorm rows the algorithm asks for (MAML++), unless
     ``bn_steps`` sets them."""
+    input_shape, out_features = source.input_shape, source.out_features
     if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
         raise ValueError(f"model 'conv4' needs square images, not examples of shape {input_shape}")
     return ConvNet(

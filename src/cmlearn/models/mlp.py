@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from cmlearn.models.cooperative import BodyHead
 from cmlearn.models.layers import TaskLinear
 from cmlearn.registry import MODELS, check
+
+if TYPE_CHECKING:
+    from cmlearn.tasks.batch import TaskSource
 
 
 class MLP(BodyHead):
@@ -37,10 +41,9 @@ class MLPOptions:
 
 
 @MODELS.register("mlp", MLPOptions, "ReLU MLP on vector inputs (body = hidden layers)")
-def mlp(
-    options: MLPOptions, input_shape: tuple[int, ...], out_features: int, step_rows: int = 0
-) -> MLP:
+def mlp(options: MLPOptions, source: TaskSource, step_rows: int = 0) -> MLP:
     """No BatchNorm, so ``step_rows`` (MAML++'s per-step BatchNorm) does not apply."""
+    input_shape, out_features = source.input_shape, source.out_features
     if len(input_shape) != 1:
         raise ValueError(f"model 'mlp' needs vector inputs, not examples of shape {input_shape}")
     return MLP(input_shape[0], options.hidden, out_features)

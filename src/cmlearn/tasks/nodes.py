@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cmlearn import CmlearnError
 from cmlearn.data.graphs import Graph, NodeDataset
 from cmlearn.registry import SAMPLERS
 from cmlearn.tasks.batch import TaskBatch
@@ -34,11 +35,18 @@ class NodeTaskSource:
     eval_queries: int
     loss: str = "ce"
     metric: str = "accuracy"
+    context: int = 0  # >0: two sets of this many task nodes follow each node list (AMM-GNN)
     input_shape: tuple[int, ...] = ()  # one example is one node index
 
     def __post_init__(self) -> None:
         ds = self.dataset
         check_sizes(ds, self.ways, self.shots, self.queries, self.eval_queries, unit="nodes")
+        smallest = self.ways * (self.shots + min(self.queries, self.eval_queries))
+        if self.context > smallest:
+            raise CmlearnError(
+                f"task.context={self.context} needs that many nodes in a task, which has "
+                f"{self.ways}·({self.shots}+{min(self.queries, self.eval_queries)}) = {smallest}"
+            )
 
     @property
     def graph(self) -> Graph:
@@ -56,10 +64,18 @@ class NodeTaskSource:
         picks = draw_members(ds.counts[ids], k + q, gen)  # [T, N, K+Q]
         nodes = ds.members[ds.offsets[ids][..., None] + picks]
         labels = torch.arange(n)
+        support, query = nodes[:, :, :k].flatten(1, 2), nodes[:, :, k:].flatten(1, 2)
+        if self.context:  # two sets drawn from the task's nodes, after (not before) the draws
+            c = self.context
+            keys = torch.rand(n_tasks, 2, n * (k + q), generator=gen)
+            picks = keys.topk(c, dim=-1).indices.flatten(1)  # [T, 2c]
+            context = nodes.flatten(1).gather(1, picks)
+            support = torch.cat([support, context], 1)
+            query = torch.cat([query, context], 1)
         batch = TaskBatch(
-            nodes[:, :, :k].flatten(1, 2),
+            support,
             labels.repeat_interleave(k).expand(n_tasks, n * k).contiguous(),
-            nodes[:, :, k:].flatten(1, 2),
+            query,
             labels.repeat_interleave(q).expand(n_tasks, n * q).contiguous(),
         )
         return batch.to(self.graph.labels.device)
@@ -68,5 +84,10 @@ class NodeTaskSource:
 @SAMPLERS.register("nodes")
 def node_source(dataset: NodeDataset, task, device: torch.device) -> NodeTaskSource:
     return NodeTaskSource(
-        dataset.to(device), task.ways, task.shots, task.queries, task.eval_queries
+        dataset.to(device),
+        task.ways,
+        task.shots,
+        task.queries,
+        task.eval_queries,
+        context=task.context,
     )
