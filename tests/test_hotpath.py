@@ -14,7 +14,8 @@ from cmlearn import bench
 from cmlearn.engine import Learner, module_forward
 from cmlearn.models import MLP, Cooperative, TaskLinear, build_colearner
 from tests.conftest import make_learner, sinusoid_batch
-from tests.test_models import conv_learner, graph_learner
+from tests.test_graph_models import config, source
+from tests.test_models import conv_learner
 
 
 def general(learner: Learner) -> Learner:
@@ -100,7 +101,9 @@ def test_cml_with_gamma_zero_equals_maml_on_the_pure_path():
 
 
 def test_models_without_a_pure_form_take_the_general_path():
-    for learner in (conv_learner(), graph_learner("loop")[0]):
+    from cmlearn.build import build_learner
+
+    for learner in (conv_learner(), build_learner(config("gmeta", "cml"), source())):
         assert learner.net.pure_forward() is None
         assert learner.forward.__qualname__ == module_forward(learner.net).__qualname__
 

@@ -63,9 +63,10 @@ class Propagation:
             for t in (self.forward, self.backward)
         )
 
-    def to(self, device: torch.device) -> Propagation:
+    def to(self, like: Tensor) -> Propagation:
+        """On ``like``'s device, in its dtype."""
         moved = object.__new__(Propagation)
-        moved.forward, moved.backward = self.forward.to(device), self.backward.to(device)
+        moved.forward, moved.backward = (m.to(like) for m in (self.forward, self.backward))
         return moved
 
     def __matmul__(self, dense: Tensor) -> Tensor:
@@ -99,9 +100,10 @@ class Plan:
         layer1 = self.layer1.nbytes if self.layer1 is not None else 0
         return self.rows.nbytes + layer1 + self.readout.nbytes
 
-    def to(self, device: torch.device) -> Plan:
-        layer1 = None if self.layer1 is None else self.layer1.to(device)
-        return Plan(self.rows.to(device), layer1, self.readout.to(device))
+    def to(self, like: Tensor) -> Plan:
+        """On ``like``'s device, in its dtype (float64 for gradient checks)."""
+        layer1 = None if self.layer1 is None else self.layer1.to(like)
+        return Plan(self.rows.to(like), layer1, self.readout.to(like))
 
 
 class GraphOperators:
@@ -208,10 +210,10 @@ class GCNEncoder(nn.Module):
     def plan(self, nodes: Tensor) -> Plan:
         """The cached plan of ``nodes`` (the same list is seen at every inner step)."""
         ids = nodes.detach().cpu().numpy()
-        key = ids.tobytes()
+        key = ids.tobytes() + str(self.lin1.weight.dtype).encode()
         plan = self._plans.get(key)
         if plan is None:
-            plan = self.ops.plan(ids, self.readout).to(self.lin1.weight.device)
+            plan = self.ops.plan(ids, self.readout).to(self.lin1.weight)
             self._plans[key] = plan
             self._bytes += plan.nbytes
             while self._bytes > PLAN_BYTES and len(self._plans) > 2:  # least recently used
@@ -228,11 +230,8 @@ class GCNEncoder(nn.Module):
 
     def context_features(self, context: Tensor) -> Tensor:
         """Raw features of the two context sets, ``[2, subset, F]``."""
-        return (
-            _dense(self.ops.features, context.detach().cpu().numpy().ravel())
-            .view(2, self.subset, -1)
-            .to(self.lin1.weight.device)
-        )
+        ids = context.detach().cpu().numpy().ravel()
+        return _dense(self.ops.features, ids).view(2, self.subset, -1).to(self.lin1.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         nodes, context = self.split(x)
