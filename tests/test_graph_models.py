@@ -323,3 +323,63 @@ def test_citeseer_preset_trains_and_tests(method: str, tmp_path: Path, capsys) -
     cfg = json.loads((out / "cml-s0" / "config.json").read_text())
     assert cfg["algorithm"] == "fomaml" and cfg["colearner"]["mode"] == "cml"
     assert get_preset(f"citeseer-2w1s-{method}").train.weight_decay == 5e-4
+
+
+# --- TLP-FSNC's protocol (eval.protocol=tlp) --------------------------------------------------
+
+
+def test_tlp_protocol_stores_the_test_at_the_best_validation(tmp_path: Path, monkeypatch) -> None:
+    import cmlearn.compare as comparing
+    import cmlearn.runs as runs
+    from cmlearn.compare import compare
+    from cmlearn.evaluate import scores
+    from cmlearn.runs import RunFolder, load_run
+
+    src = source()
+    for module in (training, comparing, runs):
+        monkeypatch.setattr(module, "build_source", lambda cfg, runtime=None: src)
+    sets = {"train.steps": 20, "train.val_every": 4, "train.val_tasks": 4, "eval.tasks": 6}
+    cfg = config("gmeta", **sets, **{"eval.protocol": "tlp", "eval.batch": 1})
+    report = compare(cfg, ["fomaml", "cml"], [0, 1], tmp_path, progress=False)
+    stored = {}
+    for name in ("fomaml", "cml"):
+        for seed in (0, 1):
+            run = tmp_path / f"{name}-s{seed}"
+            record = RunFolder(run).read_tlp_test()
+            best = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+            vals = [
+                json.loads(line)
+                for line in (run / "metrics.jsonl").read_text().splitlines()
+                if "val_accuracy" in line
+            ]
+            best_step = max(vals, key=lambda r: r["val_accuracy"])["step"]  # first of ties
+            assert record["step"] == best_step, (record["step"], best, vals)
+            # the stored scores are the best model's on that step's fresh test tasks
+            run_cfg, learner = load_run(run)
+            again = scores(learner, training.tlp_tasks(src, run_cfg, "test", best_step), "accuracy")
+            assert np.allclose(again, record["values"]) and len(again) == 6
+            stored.setdefault(name, []).append(record["values"])
+    assert report["protocol"] == "tlp" and report["paired"] == []
+    for row in report["summary"]:
+        values = np.array(stored[row["method"]])
+        assert row["mean"] == pytest.approx(values.mean())
+        assert row["tlp_interval"] == pytest.approx(1.96 * values.std(1).mean() / np.sqrt(6))
+    from cmlearn.compare import format_table
+
+    assert "TLP" in format_table(report)
+
+
+def test_graph_benchmark_reference_computes_our_meta_loss() -> None:
+    """The dense re-extracting G-Meta of ``cmlearn bench`` and ours agree (else the timing
+    comparison would be void), and both back-propagate."""
+    from cmlearn.bench_graph import ours, reference, step
+
+    src = source()
+    cfg = config("gmeta", **{"model.options.dropout": 0.0})
+    learner = build_learner(cfg, src)
+    learner.net.eval()
+    batch = src.sample(1, generator("train", 0, 7))
+    mine, ref = ours(learner, batch)(), reference(cfg, src, learner, batch)()
+    torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
+    step(ours(learner, batch), learner)()
+    assert all(p.grad is None for p in learner.net.parameters())  # cleared after the step

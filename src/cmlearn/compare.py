@@ -13,7 +13,7 @@ from cmlearn.build import build_source
 from cmlearn.cml import CO_MODES
 from cmlearn.config import Config
 from cmlearn.evaluate import CHUNK, fixed_tasks, paired, scores, summarize
-from cmlearn.runs import CHECKPOINT, load_run, read_config
+from cmlearn.runs import CHECKPOINT, RunFolder, load_run, read_config
 from cmlearn.runtime import Runtime
 from cmlearn.train import train
 
@@ -93,6 +93,7 @@ def compare(
         )
     runtime = runtime or Runtime()
     source = build_source(base, runtime)
+    tlp = base.eval.protocol == "tlp"
     tasks = fixed_tasks(source, base.eval.tasks, base.eval.seed, "test")
     per_task: dict[str, list[np.ndarray]] = {}
     results, runs = [], {}
@@ -101,10 +102,13 @@ def compare(
             cfg = method.config(base, seed)
             run = run_method(cfg, out / f"{method.name}-s{seed}", progress, runtime)
             runs[f"{method.name}-s{seed}"] = run
-            _, learner = load_run(run, runtime=runtime)
-            values = scores(
-                learner, tasks, source.metric, "cml", cfg.eval_steps, cfg.eval.batch or CHUNK
-            )
+            if tlp:  # the scores the run stored at its best validation (its own test tasks)
+                values = np.array(RunFolder(run).read_tlp_test()["values"])
+            else:
+                _, learner = load_run(run, runtime=runtime)
+                values = scores(
+                    learner, tasks, source.metric, "cml", cfg.eval_steps, cfg.eval.batch or CHUNK
+                )
             per_task.setdefault(method.name, []).append(values)
             results.append(
                 {
@@ -122,6 +126,8 @@ def compare(
         row = {"method": method.name, "metric": source.metric, "seeds": len(seeds)}
         row |= summarize(stack.mean(0))
         row["seed_ci95"] = summarize(stack.mean(1))["ci95"]
+        if tlp:  # TLP's print: mean of seed means ± 1.96 · mean per-seed std / √tasks
+            row["tlp_interval"] = float(1.96 * stack.std(1).mean() / np.sqrt(stack.shape[1]))
         summary.append(row)
     first = parsed[0].name
     plain = {m.algorithm: m.name for m in parsed if m.colearner == "none"}
@@ -136,8 +142,12 @@ def compare(
         "seeds": seeds,
         "results": results,
         "summary": summary,
-        "paired": [_paired(stacks, m.name, first) for m in parsed if m.name != first],
-        "paired_base": [_paired(stacks, name, algo) for name, algo in bases.items()],
+        "protocol": base.eval.protocol,
+        # TLP: each run tested on its own fresh tasks, so there is no pairing by task
+        "paired": []
+        if tlp
+        else [_paired(stacks, m.name, first) for m in parsed if m.name != first],
+        "paired_base": [] if tlp else [_paired(stacks, n, a) for n, a in bases.items()],
         "runs": {k: str(v) for k, v in runs.items()},
     }
 
@@ -153,6 +163,8 @@ def _paired(stacks: dict[str, np.ndarray], method: str, baseline: str) -> dict:
 def format_table(report: dict) -> str:
     """A plain-text table of a ``compare`` report: ± is a 95% CI over test tasks, [±] over seeds."""
     metric = report["metric"]
+    if report.get("protocol") == "tlp":
+        return _format_tlp(report)
     first = report["summary"][0]["method"]
     lines = [
         f"preset {report['preset']}: test {metric}, {report['n_tasks']} tasks (eval seed "
@@ -169,6 +181,18 @@ def format_table(report: dict) -> str:
             f"{_cell(vs_first.get(row['method']), '+.4f'):>30}"
             f"{_cell(vs_base.get(row['method']), '+.4f'):>32}"
         )
+    return "\n".join(lines)
+
+
+def _format_tlp(report: dict) -> str:
+    lines = [
+        f"preset {report['preset']}, TLP-FSNC protocol: test {report['metric']} at the best "
+        f"validation, {report['n_tasks']} fresh tasks per run, seeds {report['seeds']}. "
+        "± = TLP's interval (1.96 × mean per-seed std / √tasks), [±] = 95% CI over seeds"
+    ]
+    for row in report["summary"]:
+        seed = "" if np.isnan(row["seed_ci95"]) else f" [±{row['seed_ci95']:.4f}]"
+        lines.append(f"{row['method']:<14}{row['mean']:.4f} ± {row['tlp_interval']:.4f}{seed}")
     return "\n".join(lines)
 
 

@@ -134,15 +134,20 @@ class TrainConfig:
         check(self.log in SINKS, f"train.log must be one of {', '.join(SINKS)}")
 
 
+PROTOCOLS = ("fixed", "tlp")
+
+
 @dataclass
 class EvalConfig:
     tasks: int = 2000
     steps: int = 0  # inner steps at validation and test time; 0 = inner.steps
     seed: int = 1234  # validation and test tasks depend only on this seed
     batch: int = 0  # tasks adapted at once at validation and test; 0 = 500 (bounds memory)
+    protocol: str = "fixed"  # fixed | tlp (fresh tasks each validation, test at each new best)
 
     def __post_init__(self) -> None:
         check(2 <= self.tasks <= 1_000_000, "eval.tasks must be in [2, 1000000]")
+        check(self.protocol in PROTOCOLS, f"eval.protocol must be one of {', '.join(PROTOCOLS)}")
         check(self.batch >= 0, "eval.batch must not be negative (0 = 500)")
         check(self.steps >= 0, "eval.steps must not be negative (0 = inner.steps)")
         check(self.seed >= 0, f"eval.seed must not be negative (got {self.seed})")

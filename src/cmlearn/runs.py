@@ -45,6 +45,7 @@ CONFIG, METRICS, CHECKPOINT, MODEL, COLEARNER = (
     "colearner.pt",
 )
 LOCK = ".lock"
+TLP_TEST = "tlp_test.json"  # eval.protocol=tlp: the test scores at the best validation
 
 # What each saved file must hold (a valid tensor file of another shape is refused by name).
 KEYS = {
@@ -142,6 +143,23 @@ class RunFolder:
                 {"step": step, "colearner": learner.net.colearner.state_dict()},
                 self.path / COLEARNER,
             )
+
+    def save_tlp_test(self, record: dict) -> None:
+        atomic_text(json.dumps(record), self.path / TLP_TEST)
+
+    def read_tlp_test(self) -> dict:
+        """The per-task test scores TLP's protocol stored at the best validation."""
+        path = self.path / TLP_TEST
+        try:
+            record = json.loads(path.read_text())
+            values = [float(v) for v in record["values"]]
+        except FileNotFoundError:
+            raise CmlearnError(
+                f"{path} is missing: the run was not trained with eval.protocol=tlp"
+            ) from None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CmlearnError(f"cannot read {path}: {err}") from None
+        return record | {"values": values}
 
     def truncate_metrics(self, state: RunState) -> str | None:
         """Keep exactly what the checkpoint at ``state.step`` had logged, so a resumed log has

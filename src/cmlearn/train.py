@@ -229,7 +229,8 @@ def _train(
     if dist.active and cfg.train.patience:
         raise CmlearnError("train.patience (early stopping) runs in one process; drop --nproc")
 
-    val = fixed_tasks(source, cfg.train.val_tasks, cfg.eval.seed, "val", keep=True)
+    tlp = cfg.eval.protocol == "tlp"
+    val = None if tlp else fixed_tasks(source, cfg.train.val_tasks, cfg.eval.seed, "val", keep=True)
     better = (lambda a, b: a < b) if lower_is_better(source.metric) else (lambda a, b: a > b)
     total = cfg.train.steps
     stop = _StopFlag()
@@ -290,10 +291,11 @@ def _train(
                     bar.set_loss(record["train_loss"])
                     state.window = [0.0, 0.0, 0]
                 if dist.main and (state.step % cfg.train.val_every == 0 or state.step == total):
+                    tasks = val if not tlp else tlp_tasks(source, cfg, "val", state.step)
                     value = float(
                         scores(
                             learner,
-                            val,
+                            tasks,
                             source.metric,
                             "cml",
                             cfg.eval_steps,
@@ -313,6 +315,8 @@ def _train(
                     if state.best_step < 0 or better(value, state.best):
                         state.best, state.best_step, state.stale = value, state.step, 0
                         folder.save_best(learner, cfg, state.step)
+                        if tlp:  # TLP tests at every new best; the last test is the score
+                            folder.save_tlp_test(tlp_test(learner, source, cfg, state.step))
                     else:
                         state.stale += 1
                     folder.save_checkpoint(learner, optimizer, state, cfg)
@@ -335,6 +339,24 @@ def _train(
         f"best_val_{source.metric}": state.best if not math.isnan(state.best) else None,
         "seconds": time.perf_counter() - started,
     }
+
+
+def tlp_tasks(source, cfg: Config, split: str, step: int) -> list[TaskBatch]:
+    """TLP-FSNC's fresh tasks at validation ``step`` (``val``: ``train.val_tasks`` of them;
+    ``test``: ``eval.tasks``), from the stream ``(split, train.seed, step)``: fresh at every
+    validation as in TLP, but a base run and its +CML run draw the same ones at the same step
+    (TLP's shared global generator makes them diverge)."""
+    n = cfg.train.val_tasks if split == "val" else cfg.eval.tasks
+    gen = generator(split, cfg.train.seed, step)
+    size = cfg.eval.batch or CHUNK
+    return [source.sample(min(size, n - i), gen, split) for i in range(0, n, size)]
+
+
+def tlp_test(learner: Learner, source, cfg: Config, step: int) -> dict:
+    """Per-task test scores of the current model on fresh tasks (TLP's test at a new best)."""
+    tasks = tlp_tasks(source, cfg, "test", step)
+    values = scores(learner, tasks, source.metric, "cml", cfg.eval_steps, cfg.eval.batch or CHUNK)
+    return {"step": step, "metric": source.metric, "values": [float(v) for v in values]}
 
 
 def _patience_spent(cfg: Config, state: RunState) -> bool:

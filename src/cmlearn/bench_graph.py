@@ -1,0 +1,190 @@
+"""G-Meta's meta-step on Amazon-Computer: ours against the original scripts' way of computing it.
+
+The reference does what TLP's G-Meta code does on its GPU: a dense N×N Â is held in memory,
+and at every inner step each support node's 2-hop subgraph is found and sliced out of it
+again (Â[S, S] and X[S] as dense matrices), then a dense two-layer GCN runs on the slice and
+its rows are averaged. Ours is the engine's first-order meta-step of the ``gmeta`` model
+(plans built from the sparse Â once per task, CSR products; ``cmlearn.models.graph``), with
+its plan cache emptied before every timed step, as each training task is new.
+
+Both run the same network from the same parameters on the same task with dropout off, so they
+must give the same meta-loss (checked to 1e-5 before timing). ``graph_gmeta_speedup`` is the
+median reference step time over the median of ours, interleaved repeat by repeat; the memory
+figure is each side's peak resident memory growth during one meta-step in a fresh process
+(after the graph is loaded; the reference's dense Â counts, as its scripts hold one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cmlearn import CmlearnError
+
+PRESET = "amazon-2w5s-gmeta"
+GOALS = {"graph_gmeta_speedup": (">=", 10.0), "graph_gmeta_memory_ratio": ("<=", 0.2)}
+
+
+def setup(seed: int = 0, measure: Callable[[], None] = lambda: None):
+    """The preset's source, a G-Meta learner with dropout off and one training task;
+    ``measure`` is called once the graph is loaded, before anything either method builds."""
+    from cmlearn.build import build_learner, build_source
+    from cmlearn.presets import get_preset
+    from cmlearn.tasks import generator
+
+    cfg = get_preset(PRESET).apply([("model.options.dropout", 0.0)])
+    source = build_source(cfg)
+    measure()
+    learner = build_learner(cfg, source)
+    batch = source.sample(1, generator("train", seed, 0))
+    return cfg, source, learner, batch
+
+
+def ours(learner, batch) -> Callable[[], Tensor]:
+    encoder = learner.net.model.body.gcn
+
+    def objective() -> Tensor:
+        encoder._plans.clear()
+        encoder._bytes = 0
+        return learner.meta_objective(batch)[0]
+
+    return objective
+
+
+def reference(cfg, source, learner, batch) -> Callable[[], Tensor]:
+    """First-order MAML over dense subgraphs re-extracted at every inner step."""
+    graph = source.graph
+    a = graph.adjacency.to_dense()  # N×N, as the original scripts keep it
+    x = graph.features.to_dense()
+    params = {k: v for k, v in learner.net.model.named_parameters()}
+    names = ["body.gcn.lin1.weight", "body.gcn.lin1.bias", "body.gcn.lin2.weight",
+             "body.gcn.lin2.bias", "head.weight", "head.bias"]  # fmt: skip
+    steps, lr = cfg.inner.steps, cfg.inner.lr
+
+    def embed(p: list[Tensor], nodes: Tensor) -> Tensor:
+        w1, b1, w2, b2, w, b = p
+        out = []
+        for v in nodes.tolist():
+            ring = a[v].nonzero().squeeze(1)
+            ball = (a[ring].sum(0) > 0).nonzero().squeeze(1)
+            sub = a[ball][:, ball]
+            h = sub @ torch.relu(sub @ x[ball] @ w1.T + b1) @ w2.T + b2
+            out.append(h.mean(0))
+        return torch.stack(out) @ w.T + b
+
+    def objective() -> Tensor:
+        meta = [params[k] for k in names]
+        fast = [t.detach().requires_grad_() for t in meta]
+        for _ in range(steps):
+            loss = F.cross_entropy(embed(fast, batch.support_x[0]), batch.support_y[0])
+            grads = torch.autograd.grad(loss, fast)
+            fast = [
+                (t - lr * g).detach().requires_grad_() for t, g in zip(fast, grads, strict=True)
+            ]
+        # first order: the query gradient at the adapted weights is the meta-gradient
+        adapted = [m + (f - m).detach() for m, f in zip(meta, fast, strict=True)]
+        return F.cross_entropy(embed(adapted, batch.query_x[0]), batch.query_y[0])
+
+    return objective
+
+
+def step(objective: Callable[[], Tensor], learner) -> Callable[[], None]:
+    def run() -> None:
+        objective().backward()
+        learner.net.zero_grad(set_to_none=True)
+
+    return run
+
+
+def speedup(repeats: int = 3, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Median seconds per meta-step of both, their ratio and the loss check."""
+    torch.set_num_threads(1)
+    cfg, source, learner, batch = setup()
+    learner.net.eval()  # dropout off in both (the reference has none)
+    mine, ref = ours(learner, batch), reference(cfg, source, learner, batch)
+    a, b = mine().item(), ref().item()
+    if abs(a - b) > 1e-5 * max(1.0, abs(b)):
+        raise CmlearnError(f"G-Meta meta-losses differ: ours {a:.7f}, reference {b:.7f}")
+    times: dict[str, list[float]] = {"ours": [], "reference": []}
+    for r in range(repeats):
+        for name, objective in (("ours", mine), ("reference", ref)):
+            run = step(objective, learner)
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+        log(f"graph repeat {r + 1}/{repeats}: ours {times['ours'][-1]:.2f} s, "
+            f"reference {times['reference'][-1]:.2f} s")  # fmt: skip
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "ours_s": med["ours"],
+        "reference_s": med["reference"],
+        "graph_gmeta_speedup": med["reference"] / med["ours"],
+        "loss_ours": a,
+        "loss_reference": b,
+        "seconds": times,
+    }
+
+
+def peak_growth_mib(which: str) -> float:
+    """Peak resident memory growth of one meta-step of ``which`` in a fresh process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cmlearn.bench_graph", "--worker", which],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if proc.returncode != 0:
+        raise CmlearnError(f"graph memory worker failed: {proc.stderr.strip().splitlines()[-1]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["growth_mib"]
+
+
+def _worker(which: str) -> None:
+    torch.set_num_threads(1)
+    marks: list[int] = []
+    cfg, source, learner, batch = setup(
+        measure=lambda: marks.append(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    )
+    learner.net.eval()
+    before = marks[0]
+    if which == "ours":
+        objective = ours(learner, batch)
+    else:
+        objective = reference(cfg, source, learner, batch)
+    step(objective, learner)()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"growth_mib": (after - before) / 1024}))  # ru_maxrss is in KiB on Linux
+
+
+def bench(repeats: int = 3, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Both figures, or ``{"status": "skipped", "note": …}`` without Amazon-Computer."""
+    try:
+        result = speedup(repeats, log)
+        log("graph memory: one meta-step each in a fresh process")
+        mem = {k: peak_growth_mib(k) for k in ("ours", "reference")}
+    except CmlearnError as err:
+        return {"status": "skipped", "note": f"graph benchmark skipped: {err}"}
+    result["memory_mib"] = mem
+    result["graph_gmeta_memory_ratio"] = mem["ours"] / mem["reference"]
+    return {"status": "ok", **result}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--worker", choices=("ours", "reference"))
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args.worker)
+    else:
+        print(json.dumps(bench(args.repeats, log=print), indent=1))
