@@ -32,10 +32,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def random_graph(n: int = 90, classes: int = 6, features: int = 12, seed: int = 0) -> Graph:
+def random_graph(
+    n: int = 90, classes: int = 6, features: int = 12, seed: int = 0, density: float = 0.3
+) -> Graph:
     """A random graph with hubs (2-hop balls of very different sizes) and binary features."""
     rng = np.random.default_rng(seed)
-    x = (rng.random((n, features)) < 0.3).astype(np.float32)
+    x = (rng.random((n, features)) < density).astype(np.float32)
     labels = np.arange(n) % classes
     weight = rng.pareto(1.5, n) + 1  # hubs
     rows = rng.integers(0, n, 3 * n)
@@ -89,9 +91,10 @@ def dense_embedding(graph: Graph, encoder, nodes: Tensor, readout: str, scale=No
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("density", [0.3, 0.04])  # dense rows Z, and sparse ones
 @pytest.mark.parametrize("model, readout", [("gcn", "node"), ("gmeta", "subgraph")])
-def test_embedding_equals_the_dense_gcn(model: str, readout: str) -> None:
-    src = source()
+def test_embedding_equals_the_dense_gcn(model: str, readout: str, density: float) -> None:
+    src = source(graph=random_graph(features=40, density=density))
     learner = build_learner(config(model), src)
     learner.net.eval()
     encoder = learner.net.model.body.gcn
@@ -99,8 +102,20 @@ def test_embedding_equals_the_dense_gcn(model: str, readout: str) -> None:
     got = encoder(nodes).double()
     want = dense_embedding(src.graph, encoder, nodes, readout)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if model == "gmeta":  # raw features: both kinds of Z are exercised (P = ÂX is denser)
+        assert isinstance(encoder.plan(nodes).rows, Tensor) == (density > 0.1)
+    # and W1's gradient (through Zᵀ·G when Z is sparse)
+    got.sum().backward()
+    w1 = encoder.lin1.weight
+    grad, w1.grad = w1.grad.clone(), None
+    w = w1.detach().double().requires_grad_()
+    encoder.lin1.weight = torch.nn.Parameter(w)
+    dense_embedding(src.graph, encoder, nodes, readout).sum().backward()
+    torch.testing.assert_close(grad.double(), encoder.lin1.weight.grad, rtol=1e-4, atol=1e-5)
     # the balls really differ in size (the test would be weak on a regular graph)
-    sizes = [encoder.ops.plan(np.array([v]), "subgraph").rows.shape[0] for v in range(90)]
+    sizes = [
+        encoder.ops.plan(np.array([v]), "subgraph").readout.forward.shape[1] for v in range(90)
+    ]
     assert min(sizes) == 1 and max(sizes) > 20
 
 
@@ -383,3 +398,17 @@ def test_graph_benchmark_reference_computes_our_meta_loss() -> None:
     torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-6)
     step(ours(learner, batch), learner)()
     assert all(p.grad is None for p in learner.net.parameters())  # cleared after the step
+
+
+def test_graph_presets_are_first_order_as_tlp() -> None:
+    """A preset names ``fomaml`` and its rule must say so too (``cmlearn train --preset`` does
+    not re-apply the algorithm)."""
+    from cmlearn.presets import PRESETS
+
+    for name in (n for n in PRESETS if n.split("-")[-1] in ("gmeta", "ammgnn", "gcn", "paper")):
+        cfg = get_preset(name)
+        if cfg.model.name in ("gmeta", "ammgnn", "gcn"):
+            assert cfg.algorithm == "fomaml" and cfg.inner.first_order, name
+    for name in PRESETS:  # every preset's rule is its algorithm's
+        cfg = get_preset(name)
+        assert cfg.with_algorithm(cfg.algorithm).inner == cfg.inner, name

@@ -45,6 +45,7 @@ from cmlearn.registry import MODELS, check
 
 READOUTS = ("node", "subgraph")
 INITS = ("tlp", "torch")
+BALL_BYTES = 256 * 2**20  # 2-hop subgraphs kept (all of CiteSeer's; Amazon's most-drawn)
 PLAN_BYTES = 512 * 2**20  # plans kept (fixed validation tasks reuse theirs at every round)
 
 
@@ -76,7 +77,7 @@ class Propagation:
 class _Propagate(torch.autograd.Function):
     @staticmethod
     def forward(dense: Tensor, a: Propagation) -> Tensor:
-        return a.forward @ dense
+        return a.forward @ dense.contiguous()  # a strided operand takes a slow transposing path
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -84,14 +85,14 @@ class _Propagate(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        return ctx.a.backward @ grad, None
+        return ctx.a.backward @ grad.contiguous(), None
 
 
 @dataclass(frozen=True)
 class Plan:
     """The parameter-free part of a forward over one list of nodes (see the module doc)."""
 
-    rows: Tensor  # Z: dense [U, F]
+    rows: Tensor | Propagation  # Z: [U, F], sparse where the features are (CiteSeer: 0.9 %)
     layer1: Propagation | None  # L: [R, U], None for the identity
     readout: Propagation  # R: [n, R]
 
@@ -114,6 +115,8 @@ class GraphOperators:
         self.adjacency = _csr(graph.adjacency)
         self.features = _csr(graph.features)
         self.propagated = None
+        self._balls: dict[int, Ball] = {}
+        self._ball_bytes = 0
         if need_propagated:  # P = ÂX once; dense where it is dense (Amazon-Computer: 90 %)
             p = (self.adjacency @ self.features).tocsr()
             self.propagated = p.toarray() if p.nnz > 0.25 * np.prod(p.shape) else p
@@ -124,40 +127,72 @@ class GraphOperators:
     def _full(self, nodes: np.ndarray) -> Plan:
         a = self.adjacency[nodes]
         ring = np.unique(a.indices)  # 1-hop neighbours (self-loops include the nodes)
-        return Plan(_dense(self.propagated, ring), None, Propagation(a[:, ring]))
+        return Plan(_rows(self.propagated, ring), None, Propagation(a[:, ring]))
+
+    def ball(self, v: int) -> Ball:
+        """Node ``v``'s 2-hop subgraph (cached: a node recurs across tasks)."""
+        found = self._balls.get(v)
+        if found is not None:
+            return found
+        a = self.adjacency
+        ring = a.indices[a.indptr[v] : a.indptr[v + 1]]  # v's row of Â (self-loop included)
+        nodes = np.unique(a[ring].indices)  # then the rows of those neighbours
+        block = a[nodes][:, nodes].tocoo()
+        weights = np.asarray(block.sum(0)).ravel() / len(nodes)  # the mean readout Â_Sᵀ1/|S|
+        found = Ball(nodes, block.row, block.col, block.data, weights)
+        if self._ball_bytes + found.nbytes <= BALL_BYTES:
+            self._balls[v] = found
+            self._ball_bytes += found.nbytes
+        return found
 
     def _subgraphs(self, nodes: np.ndarray) -> Plan:
-        a = self.adjacency
-        balls = []
-        for v in nodes:  # S(v): v's row of Â, then the rows of those neighbours
-            ring = a.indices[a.indptr[v] : a.indptr[v + 1]]
-            balls.append(np.unique(a[ring].indices))
-        union = np.unique(np.concatenate(balls))
-        blocks, weights = [], []
-        for ball in balls:
-            block = a[ball][:, ball].tocoo()
-            blocks.append(
-                sp.csr_matrix(
-                    (block.data, (block.row, np.searchsorted(union, ball)[block.col])),
-                    shape=(len(ball), len(union)),
-                )
-            )
-            weights.append(np.asarray(block.sum(0)).ravel() / len(ball))
-        sizes = np.array([len(b) for b in balls])
+        balls = [self.ball(int(v)) for v in nodes]
+        union = np.unique(np.concatenate([b.nodes for b in balls]))
+        sizes = np.array([len(b.nodes) for b in balls])
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        cols = np.concatenate([s + np.arange(k) for s, k in zip(starts, sizes, strict=True)])
-        rows = np.repeat(np.arange(len(balls)), sizes)
-        readout = sp.csr_matrix(
-            (np.concatenate(weights), (rows, cols)), shape=(len(balls), int(sizes.sum()))
+        total = int(sizes.sum())
+        rows = np.concatenate([s + b.row for s, b in zip(starts, balls, strict=True)])
+        cols = np.concatenate([np.searchsorted(union, b.nodes)[b.col] for b in balls])
+        vals = np.concatenate([b.val for b in balls])
+        layer1 = sp.csr_matrix((vals, (rows, cols)), shape=(total, len(union)))
+        pool = sp.csr_matrix(
+            (
+                np.concatenate([b.weights for b in balls]),
+                (np.repeat(np.arange(len(balls)), sizes), np.arange(total)),
+            ),
+            shape=(len(balls), total),
         )
-        layer1, pool = Propagation(sp.vstack(blocks)), Propagation(readout)
-        return Plan(_dense(self.features, union), layer1, pool)
+        return Plan(_rows(self.features, union), Propagation(layer1), Propagation(pool))
+
+
+@dataclass(frozen=True)
+class Ball:
+    """A node's 2-hop subgraph S: its nodes, Â[S, S] in local COO form, the readout weights."""
+
+    nodes: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    val: np.ndarray
+    weights: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return sum(x.nbytes for x in (self.nodes, self.row, self.col, self.val, self.weights))
 
 
 def _csr(t: Tensor) -> sp.csr_matrix:
     t = t.coalesce().cpu()
     i = t.indices().numpy()
     return sp.csr_matrix((t.values().numpy(), (i[0], i[1])), shape=tuple(t.shape))
+
+
+def _rows(matrix: np.ndarray | sp.csr_matrix, rows: np.ndarray) -> Tensor | Propagation:
+    """Z = ``matrix[rows]``: sparse when under 10 % full (``Z @ W1ᵀ`` then costs its non-zeros,
+    and W1's gradient Zᵀ·G too), else dense."""
+    part = matrix[rows]
+    if isinstance(part, sp.csr_matrix) and part.nnz < 0.1 * np.prod(part.shape):
+        return Propagation(part)
+    return _dense(matrix, rows)
 
 
 def _dense(matrix: np.ndarray | sp.csr_matrix, rows: np.ndarray) -> Tensor:

@@ -72,7 +72,7 @@ def _graph(data: str, ways: int, shots: int, method: str, paper: bool) -> dict:
             "context": 10 if method == "ammgnn" else 0,
         },
         "model": {"name": method},
-        "inner": {"steps": steps, "lr": lr},
+        "inner": {"steps": steps, "lr": lr, "first_order": True},  # what fomaml sets
         "colearner": {"gamma": 0.2, "head": {"name": "mlp", "options": {"hidden": [16]}}},
         "train": {
             "steps": episodes,
