@@ -284,6 +284,9 @@ def test_early_stopping_stops_and_stays_stopped(tiny_cfg, tmp_path: Path) -> Non
     assert all(v >= best_before for v in vals[-2:]) and min(vals[:-1]) == min(vals[:-2])
     again = train(cfg, tmp_path / "run", resume=True, progress=False)
     assert again["steps"] == summary["steps"]
+    from cmlearn.runs import RunFolder
+
+    assert 0 < RunFolder(tmp_path / "run").train_seconds() < summary["seconds"] + 1
 
 
 def test_graph_resume_is_exact(tmp_path: Path, monkeypatch) -> None:
@@ -375,6 +378,7 @@ def test_tlp_protocol_stores_the_test_at_the_best_validation(tmp_path: Path, mon
             assert np.allclose(again, record["values"]) and len(again) == 6
             stored.setdefault(name, []).append(record["values"])
     assert report["protocol"] == "tlp" and report["paired"] == []
+    assert all(row["train_seconds"] > 0 for row in report["results"])
     for row in report["summary"]:
         values = np.array(stored[row["method"]])
         assert row["mean"] == pytest.approx(values.mean())

@@ -116,6 +116,7 @@ def compare(
                     "seed": seed,
                     "metric": source.metric,
                     **summarize(values),
+                    "train_seconds": RunFolder(run).train_seconds(),
                     "run": str(run),
                 }
             )

@@ -63,6 +63,7 @@ class RunState:
     window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # sums, count
     records: int = -1  # lines in metrics.jsonl when the checkpoint was written (-1: unknown)
     stale: int = 0  # validations since the best one (early stopping)
+    seconds: float = 0.0  # wall time spent training, up to the checkpoint, over all resumes
 
 
 class RunFolder:
@@ -143,6 +144,11 @@ class RunFolder:
                 {"step": step, "colearner": learner.net.colearner.state_dict()},
                 self.path / COLEARNER,
             )
+
+    def train_seconds(self) -> float | None:
+        """Wall seconds the run spent training (None for checkpoints older than the count)."""
+        state = read_state(self.path / CHECKPOINT, torch.device("cpu")).get("state", {})
+        return state.get("seconds")
 
     def save_tlp_test(self, record: dict) -> None:
         atomic_text(json.dumps(record), self.path / TLP_TEST)

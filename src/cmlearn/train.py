@@ -244,6 +244,7 @@ def _train(
     progress = progress and dist.main
     bar = Progress(total, state.step, f"{cfg.algorithm}+{cfg.colearner.mode}", progress)
     started = time.perf_counter()
+    clock = _Clock()
     sink = open_sink(cfg.train.log, out, state.step if resume else None) if dist.main else None
     try:
         with stop, open(metrics, "a" if resume else "w") as log:
@@ -319,9 +320,11 @@ def _train(
                             folder.save_tlp_test(tlp_test(learner, source, cfg, state.step))
                     else:
                         state.stale += 1
+                    clock.tick(state)
                     folder.save_checkpoint(learner, optimizer, state, cfg)
                 if dist.stopping if dist.active else asked(state.step):
                     if dist.main:
+                        clock.tick(state)
                         folder.save_checkpoint(learner, optimizer, state, cfg)
                     raise Interrupted(
                         f"{stop.reason or 'interrupted'} at step {state.step}; saved; resume "
@@ -357,6 +360,19 @@ def tlp_test(learner: Learner, source, cfg: Config, step: int) -> dict:
     tasks = tlp_tasks(source, cfg, "test", step)
     values = scores(learner, tasks, source.metric, "cml", cfg.eval_steps, cfg.eval.batch or CHUNK)
     return {"step": step, "metric": source.metric, "values": [float(v) for v in values]}
+
+
+class _Clock:
+    """Adds the wall time since the last tick to ``state.seconds`` (training and validation,
+    summed over resumes, so a run's cost is known however often it was stopped)."""
+
+    def __init__(self) -> None:
+        self.mark = time.perf_counter()
+
+    def tick(self, state: RunState) -> None:
+        now = time.perf_counter()
+        state.seconds += now - self.mark
+        self.mark = now
 
 
 def _patience_spent(cfg: Config, state: RunState) -> bool:
