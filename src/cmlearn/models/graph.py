@@ -257,6 +257,13 @@ class GCNEncoder(nn.Module):
             self._plans.move_to_end(key)
         return plan
 
+    def clear_cache(self) -> None:
+        """Forget every plan and 2-hop subgraph (benchmarks time a task seen for the first time)."""
+        self._plans.clear()
+        self._bytes = 0
+        self.ops._balls.clear()
+        self.ops._ball_bytes = 0
+
     def split(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """(the nodes to embed, the two context sets ``[2, subset]`` or None)."""
         if not self.subset:
