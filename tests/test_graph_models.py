@@ -23,13 +23,7 @@ from cmlearn.presets import get_preset
 from cmlearn.tasks import NodeTaskSource, generator
 from cmlearn.train import make_optimizer, outer_step, train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_graph(
@@ -186,7 +180,7 @@ def train_steps(cfg: Config, src: NodeTaskSource, steps: int = 4) -> dict[str, T
     learner = build_learner(cfg, src)
     opt = make_optimizer(learner, cfg)
     for t in range(steps):
-        torch.manual_seed(t)  # dropout masks, as the training loop seeds them
+        torch.manual_seed(t)  # the same dropout masks in every run compared
         outer_step(learner, opt, src.sample(1, generator("train", 0, t)), 0.0)
     return {k: v.detach().clone() for k, v in learner.net.model.state_dict().items()}
 

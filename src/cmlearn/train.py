@@ -223,6 +223,8 @@ def _train(
             folder.write_config(cfg)
     else:  # a checkpoint from the start: --resume works on any folder train created
         state.records = 0
+        # dropout draws from the global generator: seeded by the run, restored on resume
+        torch.manual_seed(task_seed("dropout", cfg.train.seed))
         if dist.main:
             folder.save_checkpoint(learner, optimizer, state, cfg)
     dist.check_start(learner, state.step)
@@ -259,7 +261,6 @@ def _train(
             while state.step < total and not _patience_spent(cfg, state):
                 step = state.step
                 batch = source.sample(cfg.task.meta_batch, generator("train", cfg.train.seed, step))
-                torch.manual_seed(task_seed("dropout", cfg.train.seed, step))  # exact on resume
                 analyse = bool(cfg.train.analysis_every) and step % cfg.train.analysis_every == 0
                 try:
                     result = step_fn(
