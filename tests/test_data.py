@@ -104,15 +104,7 @@ def write_splits(root: Path, files: dict = SPLIT_FILES) -> None:
         (folder / f"{split}.json").write_text(json.dumps(named))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the tensors here are tiny, and on a busy machine two threads make each
-    small op wait (measured: sampling 16 tasks 0.24 s with two threads, 0.01 s with one). The
-    CLI's ``train`` also sets the thread count; it is restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -35,13 +35,7 @@ REAL = Path(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: tiny tensors, a busy machine (see tests/test_data.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- tiny graphs in the real formats, and their ground truth --------------------------------
