@@ -1,4 +1,4 @@
-"""``cmlearn``: demo | train | eval | compare | analyze | presets | bench."""
+"""``cmlearn``: demo | train | eval | compare | analyze | presets | bench | data."""
 
 from __future__ import annotations
 
@@ -98,7 +98,26 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true")
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--threads", default="1,2", help="thread counts to compare, e.g. 1,2")
+    _data_parser(sub)
     return p
+
+
+def _data_parser(sub) -> None:
+    """``cmlearn data list | check NAME | fetch NAME [--url URL]``."""
+    data = sub.add_parser("data", help="list, check and download the datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    ls = dsub.add_parser("list", help="known datasets: present, complete, cached, where")
+    ls.add_argument("--json", action="store_true")
+    ck = dsub.add_parser("check", help="checksums and class/image counts against the known ones")
+    ck.add_argument("name")
+    ck.add_argument("--json", action="store_true")
+    ck.add_argument("--no-checksums", action="store_true", help="counts only (a repacked copy)")
+    fe = dsub.add_parser("fetch", help="download and unpack a dataset (MD5-checked)")
+    fe.add_argument("name")
+    fe.add_argument("--url", help="a mirror: the file's URL, or a folder URL ending in /")
+    fe.add_argument("--quiet", action="store_true")
+    for q in (ls, ck, fe):
+        q.add_argument("--data-root", type=Path, help="the datasets' folder (or CMLEARN_DATA)")
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -329,6 +348,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from cmlearn.data import catalog
+    from cmlearn.runtime import default_cache, default_data_root
+
+    root = args.data_root.expanduser() if args.data_root else default_data_root()
+    if args.data_command == "list":
+        rows = catalog.list_datasets(root, default_cache())
+        if args.json:
+            print(json.dumps(rows))
+            return 0
+        print(f"data root: {root}")
+        for row in rows:
+            state = "ok" if row["valid"] else "incomplete" if row["present"] else "absent"
+            cached = "cached" if row["cached"] else "-"
+            print(f"{row['name']:<16}{state:<12}{cached:<8}{row['download']:<11}{row['where']}")
+        for row in rows:
+            if row["present"] and not row["valid"]:
+                print(f"  {row['name']}: {row['problem']}")
+        return 0
+    if args.data_command == "check":
+        report = catalog.check_dataset(
+            args.name, root, default_cache(), checksums=not args.no_checksums
+        )
+        if args.json:
+            print(json.dumps(report))
+            return 0
+        for f in report["files"]:
+            print(f"{f['path']}: md5 {f['md5']} ok, sha256 {f['sha256']}")
+        for split, counts in report["splits"].items():
+            print(f"{args.name} {split}: {counts['classes']} classes, {counts['images']} images")
+        print(f"{args.name}: ok ({report['where']})")
+        return 0
+    for row in catalog.fetch_dataset(args.name, root, args.url, progress=not args.quiet):
+        print(f"{row['file']}: {row['status']} -> {row['path']}")
+    return 0
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "train": cmd_train,
@@ -337,6 +393,7 @@ COMMANDS = {
     "analyze": cmd_analyze,
     "presets": cmd_presets,
     "bench": cmd_bench,
+    "data": cmd_data,
 }
 
 

@@ -47,12 +47,18 @@ class ClassSplit:
 
 @dataclass(frozen=True)
 class ClassDataset:
-    """A classification dataset: one pool and its ``train``/``val``/``test`` splits."""
+    """A classification dataset: one pool and its ``train``/``val``/``test`` splits.
+
+    ``mean`` and ``std`` (one value per channel, on the ``[0, 1]`` scale, both or neither) ask
+    the sampler to normalise each image after dividing by 255; ``None`` (the default) leaves
+    pixels in ``[0, 1]``, as the MAML, BOIL and CML code feed them."""
 
     name: str
     pool: ClassPool
     splits: dict[str, ClassSplit]
     kind: str = "classes"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

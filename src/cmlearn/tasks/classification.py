@@ -4,11 +4,13 @@ For a meta-batch of ``T`` tasks one generator draws, all at once: the ``N`` clas
 task (a random permutation of the split's classes, so labels are in random order), a quarter
 turn per class where the split asks for per-task rotation, and ``K + Q`` distinct examples
 per class. The pool is gathered with one index, rotated in at most three masked ``rot90``
-calls, and scaled to ``[0, 1]`` floats on the pool's device.
+calls, and scaled to ``[0, 1]`` floats on the pool's device (then normalised per channel
+where the dataset carries a mean and std).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +60,8 @@ class ClassificationSource:
         x = pool.images[index.to(pool.images.device)]  # [T, N, K+Q, C, H, W] uint8
         x = rotate(x, turns.to(x.device))
         x = x.float().div_(255.0)
+        if self.dataset.mean is not None and self.dataset.std is not None:
+            x = normalize(x, self.dataset.mean, self.dataset.std)
         labels = torch.arange(n, device=x.device)
         support_y = labels.repeat_interleave(k).expand(n_tasks, n * k)
         query_y = labels.repeat_interleave(q).expand(n_tasks, n * q)
@@ -104,6 +108,13 @@ def draw_members(counts: Tensor, m: int, gen: torch.Generator) -> Tensor:
     return keys.topk(m, -1, largest=False).indices
 
 
+def normalize(x: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """``(x - mean) / std`` per channel (dim -3), in place on the freshly gathered floats."""
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return x.sub_(mean_t).div_(std_t)
+
+
 def rotate(x: Tensor, turns: Tensor) -> Tensor:
     """Rotate the examples of class ``[t, c]`` of ``x`` by ``turns[t, c]`` quarter turns."""
     if not bool((turns != 0).any()):
@@ -120,5 +131,5 @@ def rotate(x: Tensor, turns: Tensor) -> Tensor:
 def classification_source(
     dataset: ClassDataset, task, device: torch.device
 ) -> ClassificationSource:
-    data = ClassDataset(dataset.name, dataset.pool.to(device), dataset.splits, dataset.kind)
+    data = dataclasses.replace(dataset, pool=dataset.pool.to(device))
     return ClassificationSource(data, task.ways, task.shots, task.queries, task.eval_queries)
