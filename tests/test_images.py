@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call
 
 from cmlearn import CmlearnError
@@ -12,7 +13,7 @@ from cmlearn.algorithms import InnerRule
 from cmlearn.cml import CoLearnerSpec
 from cmlearn.config import Config
 from cmlearn.engine import Learner
-from cmlearn.models import ConvNet, Cooperative, build_colearner
+from cmlearn.models import ConvNet, Cooperative, build_colearner, parameter_counts
 from cmlearn.models.layers import StepBatchNorm2d
 from cmlearn.train import make_optimizer, outer_step
 from tests.conftest import central_difference, needs_omniglot
@@ -35,6 +36,62 @@ def test_parameter_counts_match_the_paper_and_the_official_code():
     assert n_params(Cooperative(maml, co)) == 203_210  # CML during training
     assert n_params(maml.body) + n_params(co) == 195_205  # CML† at test
     assert n_params(ConvNet(3, 5, 84, extra=3)) == 232_261  # More-MAML
+    counts = parameter_counts(Cooperative(maml, co))
+    assert counts == {
+        "body": 113_088,
+        "head": 8_005,
+        "colearner": 82_117,
+        "train": 203_210,
+        "test": 121_093,
+        "test_dagger": 195_205,
+    }
+    more = parameter_counts(Cooperative(ConvNet(3, 5, 84, extra=3)))
+    assert more["train"] == more["test"] == 232_261 and more["colearner"] == 0
+
+
+C, FC = 64, 64 * 5 * 5 * 5 + 5  # Conv-4's pre-pool map at 84 px; its 2×2 pool + 5-way FC
+BLOCK = 9 * C * C + C + 2 * C  # 3×3 conv with bias, BatchNorm γ and β
+
+
+@pytest.mark.parametrize("k", range(5))
+def test_colearner_depth_conv_k_plus_fc(k):
+    """Table 8's Conv(0)…Conv(4) on the 64×10×10 map: k conv blocks, one 2×2 max-pool at the
+    end of the last (bare for k = 0), then the FC on 64·5·5."""
+    co = build_colearner((C, 10, 10), 5, conv_layers=k)
+    assert n_params(co) == k * BLOCK + FC
+    assert (k, n_params(co)) in {(0, 8_005), (1, 45_061), (2, 82_117), (3, 119_173), (4, 156_229)}
+    kinds = [type(m) for m in co.modules() if not isinstance(m, nn.Sequential)]
+    pools = [i for i, t in enumerate(kinds) if t is nn.MaxPool2d]
+    assert kinds.count(nn.Conv2d) == k and len(pools) == 1
+    assert kinds[pools[0] + 1 :] == [nn.Flatten, nn.Linear]  # the pool closes the last block
+    assert tuple(co(torch.randn(2, C, 10, 10)).shape) == (2, 5)
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_same_structure_head_and_colearner(k):
+    """Table 7: θ = Conv(k)+FC on the same pre-pool map as the co-learner's Conv(k)+FC."""
+    model = ConvNet(3, 5, 84, head_convs=k)
+    assert n_params(model.body) == 113_088
+    co = build_colearner((C, 10, 10), 5, conv_layers=k)
+    shapes = [(n, p.shape) for n, p in model.head.named_parameters()]
+    assert shapes == [(n, p.shape) for n, p in co.named_parameters()]
+    assert [type(m) for m in model.head.modules()] == [type(m) for m in co.modules()]
+    assert n_params(model.head) == k * BLOCK + FC
+    if k == 0:  # today's head, unchanged: pool → flatten → linear
+        assert [type(m) for m in model.head] == [nn.MaxPool2d, nn.Flatten, nn.Linear]
+        assert [type(m) for m in co] == [nn.MaxPool2d, nn.Flatten, nn.Linear]
+        assert [n for n, _ in model.head.named_parameters()] == ["2.weight", "2.bias"]
+    assert tuple(model(torch.randn(2, 3, 84, 84)).shape) == (2, 5)
+
+
+def test_a_conv_head_is_adapted_as_the_head():
+    """θ's convs are ``model.head.*``: MAML adapts them, BOIL freezes them in the inner loop."""
+    maml = omniglot_like("cml", 1.0, "maml", channels=4, head_convs=2)
+    boil = omniglot_like("cml", 1.0, "boil", channels=4, head_convs=2)
+    name = "model.head.0.0.weight"
+    assert name in maml.step_sizes and name not in boil.step_sizes
+    result = outer_step(boil, make_optimizer(boil, Config()), conv_tasks(2, 1), 0.5)
+    assert torch.isfinite(torch.tensor(result.loss))
 
 
 def omniglot_like(
@@ -257,3 +314,14 @@ def test_every_algorithm_and_control_runs_on_conv4(algorithm, mode):
     for eval_mode in modes:
         acc = learner.evaluate(conv_tasks(2, 2), eval_mode)["accuracy"]
         assert acc.shape == (2,) and bool(((acc >= 0) & (acc <= 1)).all())
+
+
+def test_train_prints_the_parameter_counts_of_table_4():
+    from cmlearn.models.cooperative import parameter_counts
+    from cmlearn.train import describe_counts
+
+    net = Cooperative(ConvNet(3, 5, 84), build_colearner((64, 10, 10), 5, conv_layers=2))
+    line = describe_counts(parameter_counts(net))
+    assert "co-learner 82,117 = 203,210 in training" in line
+    assert "saved inference model 121,093; CML† 195,205" in line
+    assert describe_counts(parameter_counts(Cooperative(ConvNet(3, 5, 84)))).endswith("121,093")

@@ -3,42 +3,77 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from torch import nn
 
 from cmlearn.models.cooperative import BodyHead
-from cmlearn.models.layers import StepBatchNorm2d
+from cmlearn.models.layers import BN_MODES, norm
 from cmlearn.registry import MODELS, check
-
-BN_MODES = ("transductive", "running")
 
 if TYPE_CHECKING:
     from cmlearn.tasks.batch import TaskSource
 
+__all__ = ["BN_MODES", "POOLS", "ConvNet", "conv_block", "conv_k_fc"]
+POOLS = ("max", "avg")
+# (in channels, out channels, pool, bn, bn_steps) -> one conv block (``conv_block`` or ResNet's)
+Block = Callable[[int, int, bool, str, int], nn.Sequential]
+
 
 def conv_block(cin: int, cout: int, pool: bool, bn: str, bn_steps: int = 0) -> nn.Sequential:
-    """3×3 conv → BatchNorm → ReLU (→ 2×2 max-pool).
-
-    ``bn="transductive"`` normalises every forward pass with its own batch statistics (the
-    paper's and every reference implementation's behaviour); ``"running"`` tracks running
-    statistics and uses them in ``eval()`` mode. ``bn_steps > 0`` gives MAML++'s per-step
-    γ/β (transductive statistics, as MAML++'s released code in effect normalises).
-    """
-    if bn not in BN_MODES:
-        raise ValueError(f"unknown BatchNorm mode {bn!r}; choose from {BN_MODES}")
-    if bn_steps and bn != "transductive":
-        raise ValueError("per-step BatchNorm (bn_steps) is transductive only")
-    norm = (
-        StepBatchNorm2d(cout, bn_steps)
-        if bn_steps
-        else nn.BatchNorm2d(cout, track_running_stats=bn == "running")
-    )
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1), norm, nn.ReLU()]
+    """3×3 conv (with bias) → BatchNorm (``layers.norm``) → ReLU (→ 2×2 max-pool)."""
+    layers = [nn.Conv2d(cin, cout, 3, padding=1), norm(cout, bn, bn_steps), nn.ReLU()]
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
+
+
+def conv_k_fc(
+    channels: int,
+    size: tuple[int, int],
+    out_features: int,
+    convs: int = 0,
+    bn: str = "transductive",
+    bn_steps: int = 0,
+    pool: str = "max",
+    width: int = 0,
+    block: Block = conv_block,
+) -> nn.Sequential:
+    """Conv(k)+FC on a ``channels``×H×W map (``size`` = (H, W)): the paper's App. B/C head.
+
+    ``convs`` (k) blocks of ``width`` channels (0: ``channels``, so the map's width carries
+    on), then the pool, flatten and one linear layer. ``pool="max"`` is the official code's:
+    one 2×2 max-pool, at the end of the last block (conv → BN → ReLU → pool), or bare for
+    k = 0. So Conv(0) = pool, FC; Conv(1) = conv+pool, FC; Conv(2) = conv, conv+pool, FC (the
+    official ``CoLearner``); Conv(k) = k − 1 unpooled blocks, one pooled block, FC. Exactly
+    one pool at every depth keeps the FC at c·⌊H/2⌋·⌊W/2⌋ inputs (1600 on Conv-4's 64×10×10
+    map), so depths differ only in their convs. ``pool="avg"`` is a global average pool
+    after the last block (ResNet's head): the FC reads c inputs whatever the image size.
+
+    Conv-4's own head θ (``ConvNet``) and the ``conv`` co-learner ϕ are both built here, so
+    with the same k they are the same structure (PAPER.md Table 7).
+    """
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}; choose from {POOLS}")
+    h, w = size
+    width = width or channels
+    layers: list[nn.Module] = [
+        block(channels if i == 0 else width, width, pool == "max" and i == convs - 1, bn, bn_steps)
+        for i in range(convs)
+    ]
+    c = width if convs else channels
+    if pool == "max":
+        if convs == 0:
+            layers.append(nn.MaxPool2d(2))
+        flat = c * (h // 2) * (w // 2)
+        if flat == 0:
+            raise ValueError(f"a {h}×{w} feature map is too small for a 2×2 pool")
+    else:
+        layers.append(nn.AdaptiveAvgPool2d(1))
+        flat = c
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(flat, out_features))
 
 
 class ConvNet(BodyHead):
@@ -47,6 +82,11 @@ class ConvNet(BodyHead):
 
     Body children are ``conv1 … convN`` (then ``extra1 …``: More-MAML's additional unpooled
     blocks, PAPER.md Table 4); the default co-learner point is the last of them.
+
+    ``head_convs`` = k makes θ Conv(k)+FC on the pre-pool map (``conv_k_fc``, the co-learner's
+    own structure: PAPER.md Table 7's same-structure setting); 0 is the standard head,
+    max-pool → flatten → linear. The head's convs are ``model.head.*`` parameters: the inner
+    loop adapts them with the head's step size (MAML: α; BOIL: frozen; ANIL: the only ones).
     """
 
     def __init__(
@@ -59,6 +99,7 @@ class ConvNet(BodyHead):
         bn: str = "transductive",
         extra: int = 0,
         bn_steps: int = 0,
+        head_convs: int = 0,
     ) -> None:
         body = OrderedDict(
             (
@@ -72,13 +113,11 @@ class ConvNet(BodyHead):
         for i in range(extra):
             body[f"extra{i + 1}"] = conv_block(channels, channels, False, bn, bn_steps)
         side = image_size
-        for _ in range(blocks):  # floor division at every pool, as max_pool2d does
+        for _ in range(blocks - 1):  # floor division at every pool, as max_pool2d does
             side //= 2
-        if side < 1:
+        if side < 2:
             raise ValueError(f"{image_size}px images are too small for {blocks} pooled blocks")
-        head = nn.Sequential(
-            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(channels * side * side, n_way)
-        )
+        head = conv_k_fc(channels, (side, side), n_way, head_convs, bn, bn_steps)
         super().__init__(nn.Sequential(body), head)
 
 
@@ -89,6 +128,7 @@ class Conv4Options:
     bn: str = "transductive"  # transductive (MAML's batch statistics) | running
     extra: int = 0  # More-MAML: unpooled conv blocks added after the last block (3 → 232K)
     bn_steps: int = 0  # γ/β rows per inner step (BNWB); MAML++ sets inner.steps; 0 = shared
+    head_convs: int = 0  # θ = Conv(k)+FC, the co-learner's structure (Table 7); 0 = pool + FC
 
     def __post_init__(self) -> None:
         check(0 < self.channels <= 4096, "model.channels must be in [1, 4096]")
@@ -96,6 +136,7 @@ class Conv4Options:
         check(self.bn in BN_MODES, f"model.bn must be one of {BN_MODES}")
         check(0 <= self.extra <= 16, "model.extra must be in [0, 16]")
         check(0 <= self.bn_steps <= 10_000, "model.bn_steps must be in [0, 10000]")
+        check(0 <= self.head_convs <= 8, "model.head_convs must be in [0, 8]")
 
 
 @MODELS.register("conv4", Conv4Options, "Conv-4 (conv3×3-BN-ReLU-pool blocks; last pool in head)")
@@ -114,4 +155,5 @@ def conv4(options: Conv4Options, source: TaskSource, step_rows: int = 0) -> Conv
         options.bn,
         options.extra,
         options.bn_steps or step_rows,
+        options.head_convs,
     )

@@ -124,3 +124,27 @@ class Cooperative(nn.Module):
             return tuple(out[h] for h in heads)
 
         return forward
+
+
+def parameter_counts(net: Cooperative) -> dict[str, int]:
+    """Parameters of each part and of what each phase holds (PAPER.md §2, Table 4).
+
+    ``body`` ψ, ``head`` θ, ``colearner`` ϕ (0 without one); ``train``: everything meta-training
+    holds (ψ, θ, ϕ); ``test``: the saved inference model (all of ``net.model``: ψ + θ, MAML's
+    and CML's test-time network); ``test_dagger``: ψ + ϕ, what CML† predicts with (ψ alone
+    without a co-learner). Per-step BatchNorm rows all count; inner step sizes (learned or
+    not) are not parameters here.
+    """
+
+    def count(module: nn.Module | None) -> int:
+        return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+    body, colearner = count(net.model.body), count(net.colearner)
+    return {
+        "body": body,
+        "head": count(net.model.head),
+        "colearner": colearner,
+        "train": count(net),
+        "test": count(net.model),
+        "test_dagger": body + colearner,
+    }

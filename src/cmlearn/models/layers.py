@@ -1,4 +1,4 @@
-"""Layers whose parameters may carry a leading task dimension."""
+"""Layers whose parameters may carry a leading task dimension, and the shared BatchNorm choice."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 PureStep = Callable[[Mapping[str, Tensor], Tensor], Tensor]
+BN_MODES = ("transductive", "running")
 
 
 def task_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -51,27 +52,66 @@ class TaskLinear(nn.Module):
 
 
 class StepBatchNorm2d(nn.Module):
-    """Transductive BatchNorm with one row of γ/β per inner step (MAML++'s BNWB).
+    """BatchNorm with one row of γ/β per inner step (MAML++'s BNWB), transductive by default.
 
     ``weight`` and ``bias`` are ``[steps, C]``. The engine passes the row of the current step
     (support pass at step i and the query pass after update i use row i; the final query
     evaluation after N updates uses row N − 1), so the module sees ``[C]`` vectors. Called
     with the full table (outside the engine, e.g. to probe shapes) it uses row 0.
+
+    ``track_running_stats`` adds MAML++'s BNRS (IMAGES.md §3.1c), the paper's intent: running
+    mean and variance buffers ``[steps, C]``, updated by every training forward (momentum
+    0.1) and used to normalise in ``eval()`` mode. The engine passes their row of the step as
+    it does γ/β (a view, so the update lands here), which needs the ``loop`` strategy. The
+    released code never normalises with them (transductive), hence the default.
     """
 
     per_step = True
 
-    def __init__(self, channels: int, steps: int, eps: float = 1e-5) -> None:
+    def __init__(
+        self,
+        channels: int,
+        steps: int,
+        eps: float = 1e-5,
+        *,
+        track_running_stats: bool = False,
+        momentum: float = 0.1,
+    ) -> None:
         super().__init__()
-        self.eps = eps
+        self.eps, self.momentum = eps, momentum
+        self.track_running_stats = track_running_stats
         self.weight = nn.Parameter(torch.ones(steps, channels))
         self.bias = nn.Parameter(torch.zeros(steps, channels))
+        running = track_running_stats
+        self.register_buffer("running_mean", torch.zeros(steps, channels) if running else None)
+        self.register_buffer("running_var", torch.ones(steps, channels) if running else None)
 
     def forward(self, x: Tensor) -> Tensor:
         w, b = self.weight, self.bias
+        mean, var = self.running_mean, self.running_var
         if w.dim() == 2:
             w, b = w[0], b[0]
-        return F.batch_norm(x, None, None, w, b, training=True, eps=self.eps)
+        if mean is not None and mean.dim() == 2:
+            mean, var = mean[0], var[0]
+        batch = self.training or mean is None
+        return F.batch_norm(x, mean, var, w, b, batch, self.momentum, self.eps)
+
+
+def norm(channels: int, bn: str = "transductive", bn_steps: int = 0) -> nn.Module:
+    """The BatchNorm of every conv backbone and conv co-learner, so they agree on its meaning.
+
+    ``bn="transductive"`` normalises every forward pass with its own batch statistics (the
+    paper's and every reference implementation's behaviour); ``"running"`` tracks running
+    statistics and uses them in ``eval()`` mode. ``bn_steps > 0`` gives MAML++'s per-step
+    γ/β (``StepBatchNorm2d``): with ``"transductive"`` batch statistics, as MAML++'s released
+    code in effect normalises; with ``"running"`` also per-step running statistics (BNRS, the
+    paper's intent). γ starts at 1 and β at 0 in every case.
+    """
+    if bn not in BN_MODES:
+        raise ValueError(f"unknown BatchNorm mode {bn!r}; choose from {BN_MODES}")
+    if bn_steps:
+        return StepBatchNorm2d(channels, bn_steps, track_running_stats=bn == "running")
+    return nn.BatchNorm2d(channels, track_running_stats=bn == "running")
 
 
 def pure_step(module: nn.Module, prefix: str) -> PureStep | None:
