@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cmlearn.algorithms import ALGORITHMS, InnerRule, adapt, algorithm_rule
-from cmlearn.algorithms.rule import group_of
+from cmlearn.algorithms.rule import Stage, group_of
 from cmlearn.engine import expand, forward_tasks, task_losses
 from tests.conftest import make_learner, sinusoid_batch
 
@@ -59,8 +59,8 @@ def test_mamlpp_learns_per_layer_per_step_sizes_and_anneals():
     learner.meta_objective(sinusoid_batch(), progress=0.5)[0].backward()
     grads = torch.stack([s.grad.flatten() for s in learner.step_sizes.values()])
     assert (grads.abs() > 0).all(), "every step's size gets a gradient"
-    assert rule.is_first_order(0.1) and not rule.is_first_order(0.5)
-    early, late = rule.step_weights(0.0, 3), rule.step_weights(1.0, 3)
+    assert rule.is_first_order(Stage(0.1)) and not rule.is_first_order(Stage(0.5))
+    early, late = rule.step_weights(0, 3), rule.step_weights(rule.msl_epochs, 3)
     assert sum(early) == pytest.approx(1) and early[0] > 0
     assert late == [0.0, 0.0, 1.0]
 

@@ -97,3 +97,22 @@ def test_switching_algorithm_resets_what_the_previous_one_set():
 def test_non_finite_numbers_and_non_object_options_are_rejected(assignment):
     with pytest.raises(CmlearnError):
         get_preset("sinusoid-5shot").override([assignment])
+
+
+def test_a_config_naming_an_algorithm_gets_its_overrides_and_may_change_one():
+    """``from_dict`` applies the algorithm before the keys, so a preset cannot silently run
+    another rule (a ``fomaml`` preset without ``first_order`` once ran second order)."""
+    cfg = Config.from_dict({"algorithm": "fomaml", "inner": {"steps": 3}})
+    assert cfg.inner.first_order and cfg.inner.steps == 3
+    pp = Config.from_dict({"algorithm": "mamlpp", "inner": {"msl_epochs": 15}})
+    assert pp.inner.learn_lr == "layer-step" and pp.inner.msl_epochs == 15
+    assert Config.from_dict(pp.to_dict()) == pp  # a saved config round-trips
+
+
+def test_a_retired_key_loads_at_its_off_value_and_is_refused_otherwise():
+    old = Config().to_dict()
+    old["inner"]["msl_anneal"] = 0.0  # what every older run folder's config.json holds
+    assert Config.from_dict(old) == Config()
+    old["inner"]["msl_anneal"] = 0.1
+    with pytest.raises(CmlearnError, match="msl_anneal"):
+        Config.from_dict(old)

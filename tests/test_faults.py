@@ -106,7 +106,7 @@ def test_a_run_stopped_before_its_first_validation_resumes_exactly(tiny_cfg, tmp
     train(tiny_cfg, tmp_path / "full", progress=False)
 
     def abort_at_3(learner, optimizer, batch, progress, *rest):
-        if progress * tiny_cfg.train.steps >= 3:
+        if progress.fraction * tiny_cfg.train.steps >= 3:  # a Stage: fraction and epoch
             raise KeyboardInterrupt
         return outer_step(learner, optimizer, batch, progress, *rest)
 

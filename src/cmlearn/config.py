@@ -26,6 +26,7 @@ from cmlearn.logs import SINKS
 from cmlearn.registry import COLEARNERS, DATASETS, MODELS, Registry, check, coerce
 
 MAX_STEPS = 10**9  # anything larger is a typo, not a run
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,11 @@ class TrainConfig:
     threads: int = 0  # torch threads; 0 = leave torch's default
     seed: int = 0
     log: str = "jsonl"  # jsonl | tensorboard (metrics.jsonl is always written)
+    epoch_steps: int = 500  # iterations per epoch (MAML++: 500) for MSL and the cosine meta-lr
+    lr_schedule: str = "constant"  # constant | cosine (MAML++: per epoch, T_max = all epochs)
+    min_lr: float = 0.0  # cosine's eta_min (MAML++: 1e-5 Omniglot, 1e-3 miniImageNet)
+    grad_clamp: float = 0.0  # >0: clamp every meta-gradient element to ±this (MAML++: 10)
+    sam_rho: float = 0.0  # >0: Sharp-MAML's outer SAM radius α_up (2× the cost per step)
 
     def __post_init__(self) -> None:
         check(0 <= self.steps <= MAX_STEPS, f"train.steps must be in [0, {MAX_STEPS}]")
@@ -132,6 +138,17 @@ class TrainConfig:
         check(self.threads >= 0, "train.threads must not be negative (0 = torch's default)")
         check(self.seed >= 0, f"train.seed must not be negative (got {self.seed})")
         check(self.log in SINKS, f"train.log must be one of {', '.join(SINKS)}")
+        check(0 < self.epoch_steps <= MAX_STEPS, f"train.epoch_steps must be in [1, {MAX_STEPS}]")
+        check(
+            self.lr_schedule in LR_SCHEDULES,
+            f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}",
+        )
+        for name in ("min_lr", "grad_clamp", "sam_rho"):
+            value = getattr(self, name)
+            check(
+                math.isfinite(value) and value >= 0,
+                f"train.{name} must be finite and not negative (got {value})",
+            )
 
 
 PROTOCOLS = ("fixed", "tlp")
@@ -144,6 +161,7 @@ class EvalConfig:
     seed: int = 1234  # validation and test tasks depend only on this seed
     batch: int = 0  # tasks adapted at once at validation and test; 0 = 500 (bounds memory)
     protocol: str = "fixed"  # fixed | tlp (fresh tasks each validation, test at each new best)
+    ensemble: int = 0  # >0: test = mean logits of the k best validation checkpoints (MAML++)
 
     def __post_init__(self) -> None:
         check(2 <= self.tasks <= 1_000_000, "eval.tasks must be in [2, 1000000]")
@@ -151,6 +169,11 @@ class EvalConfig:
         check(self.batch >= 0, "eval.batch must not be negative (0 = 500)")
         check(self.steps >= 0, "eval.steps must not be negative (0 = inner.steps)")
         check(self.seed >= 0, f"eval.seed must not be negative (got {self.seed})")
+        check(0 <= self.ensemble <= 100, "eval.ensemble must be in [0, 100] (0 = best checkpoint)")
+        check(
+            not (self.ensemble and self.protocol == "tlp"),
+            "eval.ensemble needs eval.protocol=fixed (TLP tests at each new best)",
+        )
 
 
 @dataclass
@@ -191,8 +214,17 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Defaults, then the algorithm's inner-loop overrides, then every key of ``data`` (so
+        a preset naming ``fomaml`` is first order without saying so, and may still change one
+        of its fields, e.g. MAML++'s ``inner.msl_epochs``)."""
         cfg = cls()
+        if "algorithm" in data:
+            cfg = cfg.with_algorithm(str(data["algorithm"]))
         for key, value in _flatten(data).items():
+            if key in RETIRED:  # a field older run folders still carry
+                if value != RETIRED[key][0]:
+                    raise CmlearnError(f"config key {key}={value!r}: {RETIRED[key][1]}")
+                continue
             cfg = _set(cfg, key, value)
         return cfg
 
@@ -212,6 +244,17 @@ class Config:
             else:
                 cfg = _set(cfg, key, value)
         return cfg
+
+
+# Retired keys: (the value that meant "off", why another value cannot be honoured). A config
+# from an older run folder loads when the key held that value.
+RETIRED: dict[str, tuple[Any, str]] = {
+    "inner.msl_anneal": (
+        0.0,
+        "the fractional multi-step-loss anneal was replaced by MAML++'s epoch schedule "
+        "(inner.msl_epochs); this run cannot be resumed or re-scored by this version",
+    ),
+}
 
 
 def _split(item: str) -> tuple[str, Any]:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from cmlearn import CmlearnError
-from cmlearn.algorithms.rule import InnerRule, Params, adapt, group_of
+from cmlearn.algorithms.rule import InnerRule, Params, Stage, adapt, group_of
 from cmlearn.cml import CoLearnerSpec, eval_plan
 from cmlearn.models.cooperative import Cooperative
 from cmlearn.tasks.batch import TaskBatch
@@ -56,16 +56,22 @@ def forward_tasks(
     strategy: str,
     step: int = 0,
     per_step: frozenset[str] = frozenset(),
+    buffers: Params | None = None,
 ) -> tuple[Tensor, ...]:
     """Run ``net`` for every task: ``params`` and ``x`` both have a leading task dimension.
 
     ``net`` is a module (run through ``functional_call``) or its ``Forward``. Parameters named
     in ``per_step`` hold one row per inner step (``[T, steps, …]``); the row of ``step`` is
-    passed to the model.
+    passed to the model. ``buffers`` are per-step buffers shared by all tasks (``[steps, …]``,
+    the module's own tensors: MAML++'s per-step running statistics); their row of ``step`` is
+    passed too, a view, so the running updates of each task's forward land in the module.
     """
     forward = module_forward(net) if isinstance(net, nn.Module) else net
     if per_step:
         params = {k: v.select(1, step) if k in per_step else v for k, v in params.items()}
+    rows = {k: v.select(0, step) for k, v in (buffers or {}).items()}
+    if rows and strategy != "loop":
+        raise ValueError("per-step running statistics update in place: strategy must be 'loop'")
     if strategy == "batched":
         return forward(params, x, heads)
 
@@ -79,7 +85,7 @@ def forward_tasks(
     names = list(params)  # never empty: the meta-learner's parameters are always passed
     tasks = zip(*(params[k].unbind(0) for k in names), strict=True)
     outs = [
-        one(dict(zip(names, task, strict=True)), xi)
+        one(dict(zip(names, task, strict=True), **rows), xi)
         for task, xi in zip(tasks, x.unbind(0), strict=True)
     ]
     return tuple(torch.stack(o) for o in zip(*outs, strict=True))
@@ -120,6 +126,7 @@ class Learner:
     strategy: str = "batched"
     per_step: frozenset[str] = frozenset()  # parameters with one row per inner step
     bn: frozenset[str] = frozenset()  # BatchNorm affine parameters
+    step_buffers: frozenset[str] = frozenset()  # per-step running statistics (MAML++ BNRS)
     pure: bool = True
     forward: Forward = field(init=False, repr=False, compare=False)
     _slots: list[tuple[str, nn.Module, str]] = field(init=False, repr=False, compare=False)
@@ -144,21 +151,32 @@ class Learner:
         if co.mode == "random":
             for p in net.colearner.parameters():
                 p.requires_grad_(False)
-        bn, per_step, outer = set(), set(), set()
+        bn, per_step, outer, buffers = set(), set(), set(), set()
         for prefix, module in net.named_modules():
             if getattr(module, "outer_only", False):  # e.g. AMM-GNN's modulation maps
                 outer |= {f"{prefix}.{k}" for k, _ in module.named_parameters()}
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) or getattr(
-                module, "per_step", False
-            ):
+            stepped = getattr(module, "per_step", False)
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) or stepped:
                 names = {f"{prefix}.{k}" for k, _ in module.named_parameters(recurse=False)}
                 bn |= names
-                per_step |= names if getattr(module, "per_step", False) else set()
+                per_step |= names if stepped else set()
+            if stepped and getattr(module, "track_running_stats", False):
+                buffers |= {f"{prefix}.{k}" for k in ("running_mean", "running_var")}
         params = {k: v for k, v in net.named_parameters() if k not in outer}
         sizes = rule.init_step_sizes(params, co.adapts, frozenset(bn))
         if rule.learn_lr != "none":
             sizes = {k: v.requires_grad_() for k, v in sizes.items()}
-        return cls(net, sizes, rule, co, loss, strategy, frozenset(per_step), frozenset(bn))
+        return cls(
+            net,
+            sizes,
+            rule,
+            co,
+            loss,
+            strategy,
+            frozenset(per_step),
+            frozenset(bn),
+            frozenset(buffers),
+        )
 
     def rows(self) -> int | None:
         """Inner steps the per-step parameters cover (None: no per-step parameters)."""
@@ -184,14 +202,23 @@ class Learner:
             if adapted_colearner or not name.startswith("colearner.")
         }
 
-    def meta_objective(self, batch: TaskBatch, progress: float = 0.0) -> tuple[Tensor, dict]:
+    def buffers(self) -> Params:
+        """The per-step running statistics by name (read each call: ``load_state_dict`` and
+        ``.to`` may replace them)."""
+        return {name: self.net.get_buffer(name) for name in self.step_buffers}
+
+    def meta_objective(
+        self, batch: TaskBatch, progress: Stage | float = 0.0
+    ) -> tuple[Tensor, dict]:
         """Outer loss (mean over tasks) of one meta-batch, plus per-task terms.
 
-        ``progress`` ∈ [0, 1] is the fraction of meta-training done (MAML++ annealing).
-        Returns ``(loss, terms)`` where ``terms`` has the per-task ``meta`` and ``co`` query
-        losses (already weighted over steps) used by the gradient analysis.
+        ``progress`` is the ``Stage`` of meta-training (fraction done and epoch: MAML++'s
+        annealing); a float is a fraction at epoch 0. Returns ``(loss, terms)`` where
+        ``terms`` has the per-task ``meta`` and ``co`` query losses (already weighted over
+        steps) used by the gradient analysis.
         """
         rule, co, T = self.rule, self.co, batch.n_tasks
+        stage = Stage.of(progress)
         self._check_steps(rule.steps)
         params = expand(self.params(adapted_colearner=co.adapts), T)
 
@@ -201,10 +228,11 @@ class Learner:
             rule,
             self._support_loss(batch),
             rule.steps,
-            rule.is_first_order(progress),
+            rule.is_first_order(stage),
+            rule.sam_rho,
         )
         terms: dict[str, Tensor] = {}
-        weights = rule.step_weights(progress, rule.steps)
+        weights = rule.step_weights(stage.epoch, rule.steps)
         for step, (weight, adapted) in enumerate(zip(weights, trajectory, strict=True)):
             if weight == 0.0:
                 continue
@@ -217,6 +245,7 @@ class Learner:
                     self.strategy,
                     step,
                     self.per_step,
+                    self.buffers(),
                 )
             for key, out in zip(("meta", "co"), outs, strict=False):
                 loss = task_losses(out, batch.query_y, self.loss)
@@ -251,7 +280,14 @@ class Learner:
 
         def loss(p: Params, step: int) -> Tensor:
             outs = forward_tasks(
-                self.forward, p, batch.support_x, heads, self.strategy, step, self.per_step
+                self.forward,
+                p,
+                batch.support_x,
+                heads,
+                self.strategy,
+                step,
+                self.per_step,
+                self.buffers(),
             )
             total = task_losses(outs[0], batch.support_y, self.loss)
             if len(outs) > 1:
@@ -293,7 +329,7 @@ class Learner:
         self._check_steps(steps)
         params = expand({k: v.detach().requires_grad_() for k, v in own.items()}, T)
         loss_fn = self._support_loss(batch, support_loss)
-        adapted = adapt(params, sizes, rule, loss_fn, steps, True)[-1]
+        adapted = adapt(params, sizes, rule, loss_fn, steps, True)[-1]  # never SAM at test
         with torch.no_grad():
             (out,) = forward_tasks(
                 self.forward,
@@ -303,6 +339,7 @@ class Learner:
                 self.strategy,
                 steps - 1,
                 self.per_step,
+                self.buffers(),
             )
             result = {"loss": task_losses(out, batch.query_y, self.loss)}
             if self.loss == "ce":

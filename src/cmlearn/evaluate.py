@@ -1,18 +1,35 @@
-"""Seeded test tasks → per-task scores → mean ± 95% confidence interval; paired comparisons."""
+"""Seeded test tasks → per-task scores → mean ± 95% confidence interval; paired comparisons.
+
+A run trained with ``eval.ensemble=k`` is tested as MAML++ tests (IMAGES.md §3.5): each of its
+k best validation checkpoints adapts to every test task, and the mean of their outputs (the
+logits, for classification) is scored.
+"""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy import stats
 
-from cmlearn.engine import Learner
+from cmlearn import CmlearnError
+from cmlearn.engine import Learner, task_accuracy, task_losses
+from cmlearn.runs import inference_state, learner_device, read_state
 from cmlearn.tasks import TaskBatch, TaskSource
 from cmlearn.tasks.batch import generator
 
+if TYPE_CHECKING:
+    from cmlearn.config import Config
+
 CHUNK = 500  # tasks drawn per generator; fixed, so the tasks depend only on the seed
+TOP = "top-*.pt"  # the top-k validation checkpoints of a run (``eval.ensemble``)
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric != "accuracy"
 
 
 def fixed_tasks(
@@ -85,6 +102,118 @@ def scores(
     finally:
         learner.net.train(was_training)
     return torch.cat(out).double().numpy()
+
+
+def run_scores(
+    run: Path,
+    cfg: Config,
+    learner: Learner,
+    chunks: list,
+    metric: str,
+    mode: str = "cml",
+    steps: int = 0,
+    batch_size: int = 0,
+) -> np.ndarray:
+    """A trained run's per-task test scores: the best checkpoint's (``learner``, as
+    ``load_run`` gives it), or with ``eval.ensemble`` the ensemble of its best checkpoints."""
+    if not cfg.eval.ensemble:
+        return scores(learner, chunks, metric, mode, steps, batch_size)
+    members = ensemble_members(run, cfg.eval.ensemble, lower_is_better(metric), learner)
+    return ensemble_scores(learner, members, chunks, metric, mode, steps, batch_size)
+
+
+def ensemble_scores(
+    learner: Learner,
+    members: list[dict],
+    chunks: list,
+    metric: str,
+    mode: str = "cml",
+    steps: int = 0,
+    batch_size: int = 0,
+) -> np.ndarray:
+    """Per-task ``metric`` of the mean output of ``members`` (saved states, ``member_state``):
+    each adapts to the task on its own, as in ``scores``, and their query outputs are
+    averaged before the argmax (accuracy) or the loss. ``learner`` is the model they are
+    loaded into, one after the other; its own state is restored after."""
+    own = _snapshot(learner)
+    was_training = learner.net.training
+    learner.net.eval()
+    try:
+        out = []
+        for chunk in chunks:
+            for batch in batches([chunk], batch_size):
+                total = None
+                for member in members:
+                    load_member(learner, member)
+                    result = learner.evaluate(batch, mode, steps or None, return_outputs=True)
+                    total = result["output"] if total is None else total + result["output"]
+                mean = total / len(members)
+                if metric == "accuracy":
+                    value = task_accuracy(mean, batch.query_y)
+                else:
+                    value = task_losses(mean, batch.query_y, learner.loss)
+                out.append(value.detach().cpu())
+    finally:
+        load_member(learner, own)
+        learner.net.train(was_training)
+    return torch.cat(out).double().numpy()
+
+
+def member_state(learner: Learner, cfg: Config, step: int, value: float, metric: str) -> dict:
+    """A top-k checkpoint: the inference model (as ``model.pt``), the co-learner (so the
+    CML† modes can be ensembled too), and the validation ``value`` that ranks it."""
+    co = learner.net.colearner
+    return inference_state(learner, cfg, step) | {
+        "value": value,
+        "metric": metric,
+        "colearner": None if co is None else co.state_dict(),
+    }
+
+
+def _snapshot(learner: Learner) -> dict:
+    """Copies of everything ``load_member`` sets, to put the learner back after an ensemble."""
+    co = learner.net.colearner
+    return {
+        "model": {k: v.clone() for k, v in learner.net.model.state_dict().items()},
+        "step_sizes": {k: v.detach().clone() for k, v in learner.step_sizes.items()},
+        "colearner": None if co is None else {k: v.clone() for k, v in co.state_dict().items()},
+    }
+
+
+def load_member(learner: Learner, state: dict) -> None:
+    learner.net.model.load_state_dict(state["model"])
+    for k, v in state["step_sizes"].items():
+        learner.step_sizes[k].data.copy_(v)
+    if state.get("colearner") is not None and learner.net.colearner is not None:
+        learner.net.colearner.load_state_dict(state["colearner"])
+
+
+def member_key(state: dict, lower: bool) -> tuple[float, int]:
+    """Sort key of a top-k checkpoint, best first: its value, then the earlier step."""
+    return (state["value"] if lower else -state["value"], state["step"])
+
+
+def ensemble_paths(run: Path) -> list[Path]:
+    return sorted(Path(run).glob(TOP))
+
+
+def read_member(path: Path, device: torch.device | None = None) -> dict:
+    state = read_state(path, device)
+    missing = [k for k in ("step", "value", "model", "step_sizes") if k not in state]
+    if missing:
+        raise CmlearnError(f"{path} is not a top-k checkpoint (missing {', '.join(missing)})")
+    return state
+
+
+def ensemble_members(run: Path, k: int, lower: bool, learner: Learner) -> list[dict]:
+    """The ``k`` best validation checkpoints saved in ``run``, best first (all of them when
+    the run validated fewer than ``k`` times)."""
+    states = [read_member(p, learner_device(learner)) for p in ensemble_paths(run)]
+    if not states:
+        raise CmlearnError(
+            f"{run} holds no top-k checkpoints ({TOP}): it was not trained with eval.ensemble"
+        )
+    return sorted(states, key=lambda state: member_key(state, lower))[:k]
 
 
 def summarize(values: np.ndarray) -> dict[str, float]:

@@ -1,9 +1,11 @@
 """The outer loop: Adam, validation on fixed tasks, best checkpoint, exact resume.
 
 ``outer_step`` is one meta-update (meta-gradient, accumulated over task chunks if asked,
-then the optimiser step); ``train`` is the loop around it and owns the run folder
-(``cmlearn.runs``). Meta-batch ``t`` is drawn from the stream ``("train", seed, t)``, so a
-resumed run sees exactly the tasks an uninterrupted one would.
+taken at a SAM-perturbed point for Sharp-MAML's outer SAM, clamped if asked, then the
+optimiser step); ``train`` is the loop around it and owns the run folder (``cmlearn.runs``):
+the cosine meta-lr and the top-k validation checkpoints of MAML++ live there. Meta-batch
+``t`` is drawn from the stream ``("train", seed, t)``, so a resumed run sees exactly the tasks
+an uninterrupted one would; every schedule is a function of the step, so it resumes exactly.
 """
 
 from __future__ import annotations
@@ -23,37 +25,74 @@ import torch
 from torch import Tensor
 
 from cmlearn import CmlearnError, Interrupted
+from cmlearn.algorithms.rule import SAM_EPS, Stage
 from cmlearn.analysis import body_gradients, split_stats
 from cmlearn.build import build_learner, build_source
 from cmlearn.config import Config
 from cmlearn.distributed import Distributed, join
 from cmlearn.engine import Learner
-from cmlearn.evaluate import CHUNK, fixed_tasks, scores
-from cmlearn.files import writing
+from cmlearn.evaluate import (
+    CHUNK,
+    ensemble_paths,
+    fixed_tasks,
+    lower_is_better,
+    member_key,
+    member_state,
+    read_member,
+    scores,
+)
+from cmlearn.files import atomic_save, writing
 from cmlearn.logs import open_sink
+from cmlearn.models.cooperative import parameter_counts
 from cmlearn.progress import Progress
 from cmlearn.runs import CONFIG, METRICS, RunFolder, RunState
 from cmlearn.runtime import Runtime
 from cmlearn.tasks import TaskBatch, generator, task_seed
 
 
-def lower_is_better(metric: str) -> bool:
-    return metric != "accuracy"
+def base_lrs(cfg: Config) -> dict[str, float]:
+    """Each param group's base meta-lr: ψ, θ and learned step sizes at β, ϕ at its own."""
+    return {"meta": cfg.train.meta_lr, "colearner": cfg.train.colearner_lr or cfg.train.meta_lr}
 
 
 def make_optimizer(learner: Learner, cfg: Config) -> torch.optim.Adam:
     """ψ, θ and learned step sizes at β; ϕ in its own param group (its own lr if set)."""
     net = learner.net
+    lrs = base_lrs(cfg)
     main = list(net.model.parameters()) + [
         s for s in learner.step_sizes.values() if s.requires_grad
     ]
-    groups = [{"params": main, "lr": cfg.train.meta_lr, "name": "meta"}]
+    groups = [{"params": main, "lr": lrs["meta"], "name": "meta"}]
     if learner.co.trained:
-        co_lr = cfg.train.colearner_lr or cfg.train.meta_lr
         groups.append(
-            {"params": list(net.colearner.parameters()), "lr": co_lr, "name": "colearner"}
+            {
+                "params": list(net.colearner.parameters()),
+                "lr": lrs["colearner"],
+                "name": "colearner",
+            }
         )
     return torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+
+
+def scheduled_lr(cfg: Config, base: float, step: int) -> float:
+    """The meta-lr of update ``step`` (0-based): ``base``, or MAML++'s cosine annealing
+    (IMAGES.md §3.1f) stepped once per epoch, e = step // epoch_steps, over T = all epochs
+    (⌈steps / epoch_steps⌉): η_min + (base − η_min)·(1 + cos(π·e/T))/2, torch's
+    ``CosineAnnealingLR`` closed form (MAML++ steps it with the epoch number)."""
+    if cfg.train.lr_schedule == "constant":
+        return base
+    epochs = max(math.ceil(cfg.train.steps / cfg.train.epoch_steps), 1)
+    epoch = step // cfg.train.epoch_steps
+    low = cfg.train.min_lr
+    return low + (base - low) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def set_lr(optimizer: torch.optim.Optimizer, cfg: Config, step: int) -> None:
+    """Set every group's lr for update ``step``: a function of the step alone, so a resumed
+    run has exactly the uninterrupted run's rates (no scheduler state to save)."""
+    lrs = base_lrs(cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = scheduled_lr(cfg, lrs[group["name"]], step)
 
 
 @dataclass
@@ -70,7 +109,7 @@ class StepResult:
 def meta_gradient(
     learner: Learner,
     batch: TaskBatch,
-    progress: float,
+    progress: Stage | float,
     chunk: int = 0,
     analyse: bool = False,
     dist: Distributed | None = None,
@@ -137,17 +176,87 @@ def outer_step(
     learner: Learner,
     optimizer: torch.optim.Optimizer,
     batch: TaskBatch,
-    progress: float,
+    progress: Stage | float,
     chunk: int = 0,
     analyse: bool = False,
     dist: Distributed | None = None,
+    sam_rho: float = 0.0,
+    grad_clamp: float = 0.0,
 ) -> StepResult:
-    """One meta-update. A wrapper (e.g. an outer SAM) replaces this, not the loop; under
-    ``torch.distributed`` the loop passes ``dist`` on, for ``meta_gradient``."""
+    """One meta-update. A wrapper replaces this, not the loop; under ``torch.distributed``
+    the loop passes ``dist`` on, for ``meta_gradient``.
+
+    ``sam_rho > 0``: Sharp-MAML's outer SAM (``sharpness_aware``); the result (the logged
+    losses and the gradient analysis) is the unperturbed point's. ``grad_clamp > 0``: every
+    gradient element the optimiser steps with is clamped to ±``grad_clamp`` (MAML++).
+    """
     optimizer.zero_grad(set_to_none=True)
-    result = meta_gradient(learner, batch, progress, chunk, analyse, dist)
+
+    def gradient(analysed: bool) -> StepResult:
+        return meta_gradient(learner, batch, progress, chunk, analysed, dist)
+
+    if sam_rho > 0:
+        result = sharpness_aware(optimizer, gradient, analyse, sam_rho)
+    else:
+        result = gradient(analyse)
+    if grad_clamp > 0:
+        for p in stepped(optimizer):
+            p.grad.clamp_(-grad_clamp, grad_clamp)
     optimizer.step()
     return result
+
+
+def stepped(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The tensors the optimiser steps that have a gradient."""
+    return [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+
+
+def sharpness_aware(
+    optimizer: torch.optim.Optimizer,
+    gradient: Callable[[bool], StepResult],
+    analyse: bool,
+    rho: float,
+) -> StepResult:
+    """SAM around a meta-gradient (Sharp-MAML's outer step, IMAGES.md §5.2).
+
+    ``gradient(analyse)`` fills ``.grad`` with the meta-gradient G at θ (every inner loop
+    run). θ moves to θ + ρ·G/(‖G‖₂ + 1e-12), the norm global over every tensor the optimiser
+    steps (ψ, θ, learned step sizes and a trained co-learner ϕ: SAM wraps the optimiser, as
+    Sharp-MAML's does), the whole meta-gradient is computed again there on the same tasks
+    (every inner loop re-run from the perturbed point), and θ is restored exactly (copied
+    back, not subtracted) with that gradient left in ``.grad`` for the optimiser. Returns the
+    first (unperturbed) result: the loss that is logged. Chunks and ranks compose: each pass
+    is a whole ``meta_gradient``, whose all-reduce gives every rank the same G and ε.
+    """
+    result = gradient(analyse)
+    params = stepped(optimizer)
+    with torch.no_grad():
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        scale = rho / (norm + SAM_EPS)
+        saved = [p.detach().clone() for p in params]
+        for p in params:
+            p.add_(p.grad * scale)
+    try:
+        optimizer.zero_grad(set_to_none=True)
+        gradient(False)
+    finally:
+        with torch.no_grad():
+            for p, original in zip(params, saved, strict=True):
+                p.copy_(original)
+    return result
+
+
+def describe_counts(counts: dict[str, int]) -> str:
+    """One line of the parameter counts of PAPER.md Table 4's columns."""
+    text = f"parameters: body {counts['body']:,} + head {counts['head']:,}"
+    if counts["colearner"]:
+        text += (
+            f" + co-learner {counts['colearner']:,} = {counts['train']:,} in training; "
+            f"saved inference model {counts['test']:,}; CML† {counts['test_dagger']:,}"
+        )
+    else:
+        text += f" = {counts['test']:,}"
+    return text
 
 
 def train(
@@ -209,13 +318,7 @@ def _train(
             raise CmlearnError(
                 f"{out} is already at step {state.step}; --steps must be at least that"
             )
-        saved = folder.read_config()
-        if cfg.inner.scheduled and saved.train.steps != cfg.train.steps:
-            raise CmlearnError(
-                f"{cfg.algorithm}'s schedules (multi-step loss, derivative order) follow the "
-                f"fraction of training done, so a resumed run keeps --steps "
-                f"{saved.train.steps}; start a new run for another length"
-            )
+        _check_resume(folder.read_config(), cfg)
         note = folder.truncate_metrics(state) if dist.main else None
         if note:
             print(f"cmlearn: {note}", file=sys.stderr)
@@ -227,9 +330,14 @@ def _train(
         torch.manual_seed(task_seed("dropout", cfg.train.seed))
         if dist.main:
             folder.save_checkpoint(learner, optimizer, state, cfg)
+    if progress and dist.main:  # PAPER.md Table 4's columns, once the run has loaded
+        print(f"cmlearn: {out}: {describe_counts(parameter_counts(learner.net))}", file=sys.stderr)
     dist.check_start(learner, state.step)
     if dist.active and cfg.train.patience:
         raise CmlearnError("train.patience (early stopping) runs in one process; drop --nproc")
+    top = None
+    if dist.main and cfg.eval.ensemble:
+        top = TopCheckpoints(out, cfg.eval.ensemble, lower_is_better(source.metric), state.step)
 
     tlp = cfg.eval.protocol == "tlp"
     val = None if tlp else fixed_tasks(source, cfg.train.val_tasks, cfg.eval.seed, "val", keep=True)
@@ -241,7 +349,11 @@ def _train(
         return stop.requested or (should_stop is not None and should_stop(step))
 
     dist.vote = lambda: asked(state.step + 1)  # asked during the step's all-reduce
-    sync = {"dist": dist} if dist.active else {}
+    # only what is set, so a step_fn written for plain outer_step (*args) still runs
+    options: dict = {"dist": dist} if dist.active else {}
+    options |= {
+        k: getattr(cfg.train, k) for k in ("sam_rho", "grad_clamp") if getattr(cfg.train, k)
+    }
     metrics = folder.path / METRICS if dist.main else Path(os.devnull)  # rank 0 logs
     progress = progress and dist.main
     bar = Progress(total, state.step, f"{cfg.algorithm}+{cfg.colearner.mode}", progress)
@@ -262,15 +374,17 @@ def _train(
                 step = state.step
                 batch = source.sample(cfg.task.meta_batch, generator("train", cfg.train.seed, step))
                 analyse = bool(cfg.train.analysis_every) and step % cfg.train.analysis_every == 0
+                if cfg.train.lr_schedule != "constant":
+                    set_lr(optimizer, cfg, step)
                 try:
                     result = step_fn(
                         learner,
                         optimizer,
                         batch,
-                        step / max(total, 1),
+                        Stage.at(step, total, cfg.train.epoch_steps),
                         cfg.train.task_chunk,
                         analyse,
-                        **sync,
+                        **options,
                     )
                 except FloatingPointError as err:
                     kept = _kept(state, out) if dist.main else "(rank 0 says what is kept)"
@@ -289,6 +403,8 @@ def _train(
                     record = {"step": state.step, "train_loss": state.window[0] / n}
                     if learner.co.active:
                         record["train_co_loss"] = state.window[1] / n
+                    if cfg.train.lr_schedule != "constant":
+                        record["meta_lr"] = optimizer.param_groups[0]["lr"]
                     emit(record)
                     bar.set_loss(record["train_loss"])
                     state.window = [0.0, 0.0, 0]
@@ -321,8 +437,12 @@ def _train(
                             folder.save_tlp_test(tlp_test(learner, source, cfg, state.step))
                     else:
                         state.stale += 1
+                    if top is not None:
+                        top.offer(learner, cfg, state.step, value, source.metric)
                     clock.tick(state)
                     folder.save_checkpoint(learner, optimizer, state, cfg)
+                    if top is not None:  # after the checkpoint: see TopCheckpoints
+                        top.prune()
                 if dist.stopping if dist.active else asked(state.step):
                     if dist.main:
                         clock.tick(state)
@@ -361,6 +481,80 @@ def tlp_test(learner: Learner, source, cfg: Config, step: int) -> dict:
     tasks = tlp_tasks(source, cfg, "test", step)
     values = scores(learner, tasks, source.metric, "cml", cfg.eval_steps, cfg.eval.batch or CHUNK)
     return {"step": step, "metric": source.metric, "values": [float(v) for v in values]}
+
+
+def _schedules(cfg: Config) -> dict[str, list[str]]:
+    """``cfg``'s schedules by what they read: the run's length (``--steps``: the fraction
+    done) or the epoch length (``train.epoch_steps``)."""
+    cosine = ["cosine meta-lr"] if cfg.train.lr_schedule == "cosine" else []
+    return {
+        "--steps": cosine + (["derivative order"] if cfg.inner.follows_fraction else []),
+        "train.epoch_steps": cosine + (["multi-step loss"] if cfg.inner.follows_epochs else []),
+    }
+
+
+def _check_resume(saved: Config, cfg: Config) -> None:
+    """Refuse a resume that would rewrite the past of a schedule, or grow a top-k ensemble
+    back (pruned checkpoints are gone)."""
+    before, after = _schedules(saved), _schedules(cfg)
+    values = {
+        "--steps": (saved.train.steps, cfg.train.steps),
+        "train.epoch_steps": (saved.train.epoch_steps, cfg.train.epoch_steps),
+    }
+    for key, (old, new) in values.items():
+        names = sorted(set(before[key] + after[key]))
+        if names and old != new:
+            raise CmlearnError(
+                f"this run's schedules ({', '.join(names)}) follow {key}, so a resumed run "
+                f"keeps {key} {old}; start a new run for another setting"
+            )
+    if cfg.eval.ensemble > saved.eval.ensemble:
+        raise CmlearnError(
+            f"this run kept its {saved.eval.ensemble} best validation checkpoints; a resumed "
+            f"run cannot keep more (eval.ensemble={cfg.eval.ensemble})"
+        )
+
+
+class TopCheckpoints:
+    """The ``k`` best validation checkpoints of a run (``eval.ensemble``, MAML++'s test
+    ensemble, IMAGES.md §3.5) as ``top-<step>.pt`` files in the run folder, each written
+    atomically with its step and validation value, ranked as the best model is (a strictly
+    better value wins; ties keep the earlier step, so the first is ``model.pt``).
+
+    The files are the state: nothing goes into the checkpoint. A new file is written before
+    the checkpoint and files that fell out are deleted only after it (``prune``), so whatever
+    step a run stops at, the files up to its checkpoint's step still hold that step's top k;
+    on resume the files from later steps (written before a checkpoint that never came) are
+    deleted and the rest ranked again.
+    """
+
+    def __init__(self, folder: Path, k: int, lower: bool, step: int) -> None:
+        self.folder, self.k, self.lower = Path(folder), k, lower
+        self.members: list[tuple[tuple[float, int], Path]] = []
+        for path in ensemble_paths(self.folder):
+            saved = read_member(path)
+            if saved["step"] > step:
+                path.unlink(missing_ok=True)
+            else:
+                self.members.append((member_key(saved, lower), path))
+        self.members.sort()
+        self.prune()
+
+    def offer(self, learner: Learner, cfg: Config, step: int, value: float, metric: str) -> None:
+        """Save this validation's model if it is among the ``k`` best so far."""
+        state = member_state(learner, cfg, step, value, metric)
+        key = member_key(state, self.lower)
+        if len(self.members) >= self.k and key >= self.members[self.k - 1][0]:
+            return
+        path = self.folder / f"top-{step}.pt"
+        atomic_save(state, path)
+        self.members = sorted([*self.members, (key, path)])
+
+    def prune(self) -> None:
+        """Delete the files beyond the ``k`` best."""
+        for _, path in self.members[self.k :]:
+            path.unlink(missing_ok=True)
+        self.members = self.members[: self.k]
 
 
 class _Clock:
