@@ -276,3 +276,15 @@ def write_tieredimagenet(
                 pickle.dump(encoded, f, protocol=2)
         start += k
     return pixels
+
+
+if __name__ == "__main__":  # python -m tests.image_fixtures ROOT: every dataset, for a smoke run
+    import sys
+
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "fixtures")
+    write_fixture("miniimagenet", target, classes=(5, 5, 5), per_class=6)
+    write_fixture("tieredimagenet", target, classes=(5, 5, 5), per_class=6)
+    write_fixture("cifarfs", target)  # also FC100: both read CIFAR-100
+    write_fixture("flower", target, per_class=6)
+    write_fixture("cub", target, per_class=6)
+    print(f"fixtures written under {target}")

@@ -147,17 +147,21 @@ def test_compare_json_uses_the_same_tasks_for_every_method(cli, tmp_path):
         return json.loads(result.stdout)
 
     report = compare("maml,cml,anil+cml")
+    rows = ("maml", "cml", "cml†", "anil+cml", "anil+cml†")  # † = the co-learner's output
     assert {(r["method"], r["seed"]) for r in report["results"]} == {
-        (m, s) for m in ("maml", "cml", "anil+cml") for s in (0, 1)
+        (m, s) for m in rows for s in (0, 1)
     }
     for row in report["results"]:
         assert {"method", "seed", "metric", "mean", "ci95"} <= row.keys() and row["n"] == 40
-    assert [p["method"] for p in report["paired"]] == ["cml", "anil+cml"]
+    assert [p["method"] for p in report["paired"]] == list(rows[1:])
     assert all({"mean", "ci95"} <= p.keys() for p in report["paired"])
-    # anil+cml has no anil run to pair with; cml pairs with its base, maml
-    assert [(p["method"], p["baseline"]) for p in report["paired_base"]] == [("cml", "maml")]
+    # anil+cml has no anil run to pair with; cml and cml† pair with their base, maml
+    assert [(p["method"], p["baseline"]) for p in report["paired_base"]] == [
+        ("cml", "maml"),
+        ("cml†", "maml"),
+    ]
     # a second compare reuses the finished runs and reproduces the numbers
-    assert compare("maml,cml")["results"][:4] == report["results"][:4]
+    assert compare("maml,cml")["results"][:6] == report["results"][:6]
 
 
 def test_demo_writes_table_and_plots(cli, tmp_path):

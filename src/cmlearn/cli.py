@@ -80,6 +80,13 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--tasks", type=int)
     cp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cp.add_argument("--out", type=Path)
+    cp.add_argument(
+        "--dagger",
+        choices=("code", "paper", "none"),
+        default="code",
+        help="also score co-learner runs with the co-learner (CML†): as the official code "
+        "(default) or the paper's Eq. 9 does it, or not",
+    )
     cp.add_argument("--json", action="store_true")
     cp.add_argument("--quiet", action="store_true")
     _runtime_args(cp)
@@ -196,7 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from cmlearn.build import build_source
-    from cmlearn.evaluate import CHUNK, fixed_tasks, scores, summarize
+    from cmlearn.evaluate import CHUNK, fixed_tasks, run_scores, summarize
     from cmlearn.runs import load_run
 
     _positive("--tasks", args.tasks)
@@ -213,7 +220,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     source = build_source(cfg, runtime)
     tasks = fixed_tasks(source, n, cfg.eval.seed, "test")
     steps = args.steps or cfg.eval_steps
-    values = scores(learner, tasks, source.metric, args.mode, steps, cfg.eval.batch or CHUNK)
+    values = run_scores(  # the best checkpoint, or the top-k ensemble (eval.ensemble)
+        args.run, cfg, learner, tasks, source.metric, args.mode, steps, cfg.eval.batch or CHUNK
+    )
     result = {
         "run": str(args.run),
         "mode": args.mode,
@@ -221,6 +230,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         **summarize(values),
         "steps": steps,
         "eval_seed": cfg.eval.seed,
+        "ensemble": cfg.eval.ensemble,
     }
     result["n_tasks"] = result.pop("n")
     if args.json:
@@ -245,7 +255,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise CmlearnError("--seeds is empty")
     out = args.out or Path("runs") / f"compare-{args.preset}"
     return _compare_and_report(
-        cfg, args.methods.split(","), seeds, out, args.quiet, args.json, _runtime(args)
+        cfg, args.methods.split(","), seeds, out, args.quiet, args.json, _runtime(args), args.dagger
     )
 
 
@@ -258,7 +268,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         flush=True,
     )
     return _compare_and_report(
-        cfg, ["maml", "cml"], [cfg.train.seed], args.out, args.quiet, runtime=_runtime(args)
+        cfg,
+        ["maml", "cml"],
+        [cfg.train.seed],
+        args.out,
+        args.quiet,
+        runtime=_runtime(args),
+        dagger="none",  # the demo is MAML against CML
     )
 
 
@@ -270,6 +286,7 @@ def _compare_and_report(
     quiet: bool,
     as_json: bool = False,
     runtime: Runtime | None = None,
+    dagger: str = "code",
 ) -> int:
     """Train and compare, save ``compare.json``, print the table (or JSON), draw the plots."""
     from cmlearn.build import build_source
@@ -279,7 +296,7 @@ def _compare_and_report(
     from cmlearn.plots import learning_curves, sinusoid_fits
     from cmlearn.runs import load_run
 
-    report = compare(cfg, methods, seeds, out, progress=not quiet, runtime=runtime)
+    report = compare(cfg, methods, seeds, out, not quiet, runtime, dagger)
     atomic_text(json.dumps(report, indent=2) + "\n", out / "compare.json")
     print(json.dumps(report) if as_json else format_table(report))
     runs = {k: Path(v) for k, v in report["runs"].items()}

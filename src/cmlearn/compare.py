@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from cmlearn.algorithms import ALGORITHMS
 from cmlearn.build import build_source
 from cmlearn.cml import CO_MODES
 from cmlearn.config import Config
-from cmlearn.evaluate import CHUNK, fixed_tasks, paired, scores, summarize
+from cmlearn.evaluate import CHUNK, fixed_tasks, paired, run_scores, summarize
 from cmlearn.runs import CHECKPOINT, RunFolder, load_run, read_config
 from cmlearn.runtime import Runtime
 from cmlearn.train import train
@@ -74,14 +75,22 @@ def compare(
     out: Path,
     progress: bool = True,
     runtime: Runtime | None = None,
+    dagger: str = "code",
 ) -> dict:
     """Every (method, seed) trained, then scored on one fixed set of test tasks.
+
+    A run with a co-learner (``cml``, ``cl``) is scored twice: with the meta-learner (CML;
+    for CL, CL⋆) and with the co-learner (a ``†`` row: CML†, CL†), as the official
+    ``test_cml.py`` computes it (``dagger="code"``: adapt (ψ, θ) with the meta-learner's
+    loss, predict with ϕ on ψ'), or as the paper's Eq. 9 writes it (``"paper"``), or not.
 
     Returns ``results`` (one row per method and seed), ``summary`` (per method: the per-task
     score averaged over seeds, with its CI over tasks, and the CI of the seed means) and
     ``paired`` (each method minus the first on the same tasks and seeds) and ``paired_base``
     (each ``algorithm+colearner`` minus its ``algorithm``, when both ran).
     """
+    if dagger not in ("none", *DAGGER):
+        raise CmlearnError(f"--dagger must be one of none, {', '.join(DAGGER)} (got {dagger!r})")
     parsed = [Method.parse(m).resolved(base.algorithm) for m in methods]
     for what, items in (("method", [m.name for m in parsed]), ("seed", seeds)):
         twice = sorted({str(i) for i in items if items.count(i) > 1})
@@ -97,34 +106,50 @@ def compare(
     tasks = fixed_tasks(source, base.eval.tasks, base.eval.seed, "test")
     per_task: dict[str, list[np.ndarray]] = {}
     results, runs = [], {}
+    rows: list[tuple[str, Method]] = []  # (row name, the method whose runs it scores)
     for method in parsed:
+        modes = {method.name: "cml"}
+        if dagger != "none" and not tlp and method.colearner in ("cml", "cl"):
+            modes[method.name + "†"] = DAGGER[dagger]  # CML† (CL†): the co-learner's output
+        rows += [(name, method) for name in modes]
         for seed in seeds:
             cfg = method.config(base, seed)
             run = run_method(cfg, out / f"{method.name}-s{seed}", progress, runtime)
             runs[f"{method.name}-s{seed}"] = run
             if tlp:  # the scores the run stored at its best validation (its own test tasks)
-                values = np.array(RunFolder(run).read_tlp_test()["values"])
+                scored = {method.name: np.array(RunFolder(run).read_tlp_test()["values"])}
             else:
                 _, learner = load_run(run, runtime=runtime)
-                values = scores(
-                    learner, tasks, source.metric, "cml", cfg.eval_steps, cfg.eval.batch or CHUNK
-                )
-            per_task.setdefault(method.name, []).append(values)
-            results.append(
-                {
-                    "method": method.name,
-                    "seed": seed,
-                    "metric": source.metric,
-                    **summarize(values),
-                    "train_seconds": RunFolder(run).train_seconds(),
-                    "run": str(run),
+                scored = {  # the best checkpoint, or the top-k ensemble
+                    name: run_scores(
+                        run,
+                        cfg,
+                        learner,
+                        tasks,
+                        source.metric,
+                        mode,
+                        cfg.eval_steps,
+                        cfg.eval.batch or CHUNK,
+                    )
+                    for name, mode in modes.items()
                 }
-            )
+            for name, values in scored.items():
+                per_task.setdefault(name, []).append(values)
+                results.append(
+                    {
+                        "method": name,
+                        "seed": seed,
+                        "metric": source.metric,
+                        **summarize(values),
+                        "train_seconds": RunFolder(run).train_seconds(),
+                        "run": str(run),
+                    }
+                )
     stacks = {name: np.stack(values) for name, values in per_task.items()}  # [seeds, tasks]
     summary = []
-    for method in parsed:
-        stack = stacks[method.name]
-        row = {"method": method.name, "metric": source.metric, "seeds": len(seeds)}
+    for name, _ in rows:
+        stack = stacks[name]
+        row = {"method": name, "metric": source.metric, "seeds": len(seeds)}
         row |= summarize(stack.mean(0))
         row["seed_ci95"] = summarize(stack.mean(1))["ci95"]
         if tlp:  # TLP's print: mean of seed means ± 1.96 · mean per-seed std / √tasks
@@ -133,7 +158,9 @@ def compare(
     first = parsed[0].name
     plain = {m.algorithm: m.name for m in parsed if m.colearner == "none"}
     bases = {
-        m.name: plain[m.algorithm] for m in parsed if m.colearner != "none" and m.algorithm in plain
+        name: plain[m.algorithm]
+        for name, m in rows
+        if m.colearner != "none" and m.algorithm in plain
     }
     return {
         "preset": base.preset,
@@ -144,12 +171,30 @@ def compare(
         "results": results,
         "summary": summary,
         "protocol": base.eval.protocol,
+        "dagger": "none" if tlp else dagger,
+        "published": published_rows(base.preset),
         # TLP: each run tested on its own fresh tasks, so there is no pairing by task
         "paired": []
         if tlp
-        else [_paired(stacks, m.name, first) for m in parsed if m.name != first],
+        else [_paired(stacks, name, first) for name, _ in rows if name != first],
         "paired_base": [] if tlp else [_paired(stacks, n, a) for n, a in bases.items()],
         "runs": {k: str(v) for k, v in runs.items()},
+    }
+
+
+DAGGER = {"code": "cml-dagger-code", "paper": "cml-dagger"}  # --dagger -> evaluation mode
+
+
+def published_rows(preset: str) -> dict[str, dict[str, float]]:
+    """The paper's numbers for ``preset``, per table that lists it (``{}`` if none)."""
+    if not preset:
+        return {}
+    from cmlearn.presets import TABLES
+
+    return {  # NaN (the paper's "failed to converge") as None, so the JSON stays valid
+        str(t): {k: None if math.isnan(v) else v for k, v in rows[preset].items()}
+        for t, rows in TABLES.items()
+        if preset in rows
     }
 
 
@@ -182,6 +227,18 @@ def format_table(report: dict) -> str:
             f"{_cell(vs_first.get(row['method']), '+.4f'):>30}"
             f"{_cell(vs_base.get(row['method']), '+.4f'):>32}"
         )
+    if report.get("dagger", "none") != "none":
+        lines.append(
+            f"† rows: the co-learner's output ({report['dagger']}'s CML†: "
+            + (
+                "adapt ψ, θ with the meta-learner's loss, predict with ϕ)"
+                if report["dagger"] == "code"
+                else "adapt ψ with the co-learner's loss, Eq. 9)"
+            )
+        )
+    for table, row in report.get("published", {}).items():
+        cells = ", ".join(f"{k} {'failed' if v is None else v}" for k, v in row.items())
+        lines.append(f"paper, Table {table} (%, not our tasks or seeds): {cells}")
     return "\n".join(lines)
 
 

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import math
+
 from cmlearn import CmlearnError
 from cmlearn.config import Config
-from cmlearn.presets import graphs, omniglot, sinusoid
+from cmlearn.presets import graphs, images, omniglot, sinusoid
 
-PRESETS: dict[str, tuple[str, dict]] = {**sinusoid.PRESETS, **omniglot.PRESETS, **graphs.PRESETS}
-TABLES = {3: graphs.TABLE3}  # paper table -> preset -> published (base, +CML)
+PRESETS: dict[str, tuple[str, dict]] = {
+    **sinusoid.PRESETS,
+    **omniglot.PRESETS,
+    **graphs.PRESETS,
+    **images.PRESETS,
+}
+# paper table -> preset -> {row label: published accuracy %} (NaN: the paper's "failed")
+TABLES: dict[int, dict[str, dict[str, float]]] = {
+    **images.TABLES,
+    3: {
+        name: {method: base, f"{method} + CML": cml}
+        for name, (base, cml) in graphs.TABLE3.items()
+        for method in ["G-Meta" if name.endswith("gmeta") else "AMM-GNN"]
+    },
+}
+TABLES = dict(sorted(TABLES.items()))
 
 
 def get_preset(name: str) -> Config:
@@ -16,12 +32,33 @@ def get_preset(name: str) -> Config:
     return Config.from_dict({"preset": name, **PRESETS[name][1]})
 
 
+def published(name: str) -> str:
+    """The paper's numbers for preset ``name`` in every table that lists it ("" if none)."""
+    cells = [
+        f"Table {t}: "
+        + ", ".join(
+            f"{label} {'failed' if math.isnan(v) else f'{v:.2f}'}"
+            for label, v in rows[name].items()
+        )
+        for t, rows in TABLES.items()
+        if name in rows
+    ]
+    return "; ".join(cells)
+
+
 def describe(table: int | None = None) -> list[tuple[str, str]]:
-    """(name, description) of every preset, or of those that reproduce a column of ``table``."""
+    """(name, description) of every preset, or (name, the paper's numbers · description) of
+    those that reproduce a row or column of ``table``."""
     if table is None:
         return [(name, text) for name, (text, _) in PRESETS.items()]
     if table not in TABLES:
         raise CmlearnError(
             f"no presets for Table {table}; tables with presets: {', '.join(map(str, TABLES))}"
         )
-    return [(name, PRESETS[name][0]) for name in TABLES[table]]
+    rows = []
+    for name, row in TABLES[table].items():
+        numbers = ", ".join(
+            f"{k} {'failed' if math.isnan(v) else f'{v:.2f}'}" for k, v in row.items()
+        )
+        rows.append((name, f"{numbers}  ·  {PRESETS[name][0]}"))
+    return rows
