@@ -164,3 +164,18 @@ def test_a_variant_can_time_its_own_number_of_steps():
     times = bench.time_interleaved(variants, steps=2, repeats=3, warmup=1)
     assert calls == {"a": 1 + 2 * 3, "b": 1 + 5 * 3}
     assert all(len(t) == 3 for t in times.values())
+
+
+def test_resnet12_benchmark_compares_equal_meta_losses_and_reports_its_figures(keep_threads):
+    """Narrow widths keep it quick; the harness itself refuses to time implementations whose
+    meta-losses differ, so reaching the report means engine and reference agreed."""
+    from cmlearn.bench_resnet import bench as bench_resnet
+
+    out = bench_resnet(quick=True, widths=(4, 4, 8, 8))
+    assert out["status"] == "ok" and out["best_strategy"] in ("loop", "vmap")
+    for key in ("cml_overhead_resnet12", "resnet12_engine_speedup_loop"):
+        assert math.isfinite(out["ratios"][key]) and out["ratios"][key] > 0
+    memory = out["memory_mib_per_task"]
+    assert memory["engine/cml/steps1"] > memory["engine/maml/steps1"]  # ϕ's activations
+    assert memory["reference/maml/steps5"] > memory["reference/maml/steps1"]  # 5 graphs kept
+    assert out["largest_meta_batch_without_chunks_5_steps"] >= 1

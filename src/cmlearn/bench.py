@@ -1050,6 +1050,7 @@ def run(
         ddp = bench_ddp(res, quick, log)
         leaks = bench_leaks(res, quick, log)
         graph = bench_graph(res, quick, log)
+        resnet = bench_resnet(res, quick, log, threads[0])
     finally:
         torch.set_num_threads(base)
     busy_end, wall = busy_cpu_s(), time.perf_counter() - start
@@ -1079,6 +1080,7 @@ def run(
         "ddp": ddp,
         "leaks": leaks,
         "graph": graph,
+        "resnet12": resnet,
     }
 
 
@@ -1113,6 +1115,20 @@ def bench_graph(res: Results, quick: bool, log: Callable[[str], None]) -> dict:
             {} if graph["status"] == "ok" else {"note": graph["note"]}
         )
     return graph
+
+
+def bench_resnet(res: Results, quick: bool, log: Callable[[str], None], threads: int) -> dict:
+    """ResNet-12 at 32 px: CML's overhead, engine strategies against the per-task loop, memory."""
+    from cmlearn.bench_resnet import GOALS as RESNET_GOALS
+    from cmlearn.bench_resnet import bench
+
+    log(f"resnet12: 5-way 1-shot at 32 px, second order, {threads} thread(s)")
+    resnet = bench(quick, log, threads)
+    res.ratios.update(resnet["ratios"])
+    res.best["resnet12_best_strategy"] = resnet["best_strategy"]
+    for key, (op, target) in RESNET_GOALS.items():
+        res.goals[key] = goal_entry(resnet["ratios"][key], op, target)
+    return resnet
 
 
 def bench_leaks(res: Results, quick: bool, log: Callable[[str], None]) -> list[dict]:

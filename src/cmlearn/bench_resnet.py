@@ -1,0 +1,204 @@
+"""ResNet-12's meta-step: what CML costs, the engine against the per-task loop, and memory.
+
+The workload is Table 9's: ResNet-12 (64-160-320-640) on 32×32 RGB images, 5-way 1-shot
+with 15 queries per class, second order, synthetic pixels (data loading stays out of it);
+CML adds the ``resnet`` co-learner (two 640-channel convs + pool + FC, γ = 1).
+
+- ``cml_overhead_resnet12``: a CML meta-step over a MAML meta-step, both the engine's
+  (goal ≤ 1.05), timed interleaved in one process.
+- ``resnet12_engine_speedup_<strategy>``: the per-task reference loop's step time (one
+  ``functional_call`` support pass, ``autograd.grad`` and query pass per task, as
+  torchmeta / learn2learn code runs) over the engine's, for the ``loop`` and ``vmap``
+  strategies; which one wins on CPU is reported, not assumed.
+- Memory: MiB saved for backward by one meta-step (``bench.saved_mib``) per task, at one and
+  at five inner steps, engine and reference; a meta-batch of T tasks at once needs T times
+  the per-task figure, while ``train.task_chunk=c`` bounds it at c tasks' worth whatever the
+  meta-batch (the gradient is the same; tested in ``tests/test_train.py``). The largest
+  meta-batch that fits a budget without chunking is reported for the given budget.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from cmlearn.algorithms import InnerRule, group_of
+from cmlearn.cml import CoLearnerSpec
+from cmlearn.engine import Learner
+from cmlearn.models import Cooperative
+from cmlearn.models.colearner import ResNetHeadOptions, resnet_head
+from cmlearn.models.resnet import WIDTHS, ResNet12
+from cmlearn.tasks.batch import TaskBatch
+
+WAYS, SHOTS, QUERIES, IMAGE = 5, 1, 15, 32
+LR, GAMMA = 0.3, 1.0  # BOIL's ResNet-12 inner step; γ = 1 (the presets' value)
+GOALS = {"cml_overhead_resnet12": ("<=", 1.05)}
+BUDGET_MIB = 16 * 1024  # "the largest meta-batch that fits" is reported for this budget
+
+
+def batch(n_tasks: int, seed: int = 0) -> TaskBatch:
+    gen = torch.Generator().manual_seed(seed)
+    n_query = WAYS * QUERIES
+    return TaskBatch(
+        torch.rand(n_tasks, WAYS * SHOTS, 3, IMAGE, IMAGE, generator=gen),
+        torch.arange(WAYS).repeat_interleave(SHOTS).expand(n_tasks, -1).contiguous(),
+        torch.rand(n_tasks, n_query, 3, IMAGE, IMAGE, generator=gen),
+        torch.arange(WAYS).repeat_interleave(QUERIES).expand(n_tasks, -1).contiguous(),
+    )
+
+
+def network(co: bool, widths: tuple[int, ...] = WIDTHS) -> Cooperative:
+    torch.manual_seed(0)
+    model = ResNet12(3, WAYS, IMAGE, widths)
+    colearner = None
+    if co:
+        feature = Cooperative(model).features(torch.rand(2, 3, IMAGE, IMAGE)).shape[1:]
+        colearner = resnet_head(ResNetHeadOptions(), tuple(feature), WAYS)
+    return Cooperative(model, colearner)
+
+
+def engine(net: Cooperative, mode: str, strategy: str, steps: int) -> Callable[[], Tensor]:
+    learner = Learner.create(
+        net, InnerRule(steps=steps, lr=LR), CoLearnerSpec(mode, GAMMA), "ce", strategy
+    )
+    return lambda data: learner.meta_objective(data)[0]
+
+
+def reference(net: Cooperative, mode: str, steps: int) -> Callable[[TaskBatch], Tensor]:
+    """The per-task loop through ``functional_call``, second order, ``steps`` inner steps."""
+    params = dict(net.named_parameters())
+    fast = [k for k in params if group_of(k) != "colearner"]
+    co = CoLearnerSpec(mode, GAMMA)
+
+    def objective(data: TaskBatch) -> Tensor:
+        total = torch.zeros(())
+        for i in range(data.n_tasks):
+            adapted = dict(params)
+            for _ in range(steps):
+                (out,) = functional_call(net, adapted, (data.support_x[i],), {"heads": ("meta",)})
+                loss = F.cross_entropy(out, data.support_y[i])
+                grads = torch.autograd.grad(loss, [adapted[k] for k in fast], create_graph=True)
+                adapted |= {k: adapted[k] - LR * g for k, g in zip(fast, grads, strict=True)}
+            outs = functional_call(net, adapted, (data.query_x[i],), {"heads": co.heads(False)})
+            total = total + F.cross_entropy(outs[0], data.query_y[i])
+            if co.active:
+                total = total + GAMMA * F.cross_entropy(outs[1], data.query_y[i])
+        return total / data.n_tasks
+
+    return objective
+
+
+def timed(
+    variants: dict[str, tuple[Callable[[TaskBatch], Tensor], Cooperative]],
+    data: TaskBatch,
+    repeats: int,
+    log: Callable[[str], None],
+) -> dict[str, list[float]]:
+    """Seconds per meta-step (forward + backward), interleaved, alternating the order."""
+    names = list(variants)
+    for name in names:  # warm-up
+        objective, net = variants[name]
+        objective(data).backward()
+        net.zero_grad(set_to_none=True)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            objective, net = variants[name]
+            start = time.perf_counter()
+            objective(data).backward()
+            times[name].append(time.perf_counter() - start)
+            net.zero_grad(set_to_none=True)
+        log(
+            f"resnet12 repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in names)
+        )
+    return times
+
+
+def bench(
+    quick: bool = False,
+    log: Callable[[str], None] = lambda _: None,
+    threads: int = 1,
+    widths: tuple[int, ...] = WIDTHS,
+) -> dict[str, Any]:
+    """Every figure of the module docstring (``widths``: narrower nets for the tests)."""
+    from cmlearn.bench import saved_mib
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        n_tasks, repeats = (1, 2) if quick else (2, 5)
+        data = batch(n_tasks)
+        nets = {mode: network(mode == "cml", widths) for mode in ("none", "cml")}
+        variants = {}
+        for mode, net in nets.items():
+            name = "maml" if mode == "none" else "cml"
+            for strategy in ("loop", "vmap"):
+                variants[f"engine-{strategy}/{name}"] = (engine(net, mode, strategy, 1), net)
+            variants[f"reference/{name}"] = (reference(net, mode, 1), net)
+        losses = {k: obj(data).item() for k, (obj, _) in variants.items()}
+        for name, value in losses.items():  # the same meta-loss, or the comparison is void
+            base = losses["engine-loop/" + name.rsplit("/", 1)[1]]
+            if abs(value - base) > 1e-4 * max(1.0, abs(base)):
+                raise RuntimeError(f"resnet12 meta-losses differ: {name} {value} vs {base}")
+        times = timed(variants, data, repeats, log)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        best = min(("loop", "vmap"), key=lambda s: med[f"engine-{s}/maml"])
+        ratios = {
+            "cml_overhead_resnet12": med[f"engine-{best}/cml"] / med[f"engine-{best}/maml"],
+            "cml_overhead_resnet12_reference": med["reference/cml"] / med["reference/maml"],
+        }
+        for s in ("loop", "vmap"):
+            ratios[f"resnet12_engine_speedup_{s}"] = med["reference/maml"] / med[f"engine-{s}/maml"]
+        log("resnet12 memory: MiB saved for backward per task, 1 and 5 inner steps")
+        one = batch(1, seed=1)
+        memory = {}
+        for steps in (1, 5):
+            for impl in ("engine", "reference"):
+                for mode, net in nets.items():
+                    objective = (
+                        engine(net, mode, best, steps)
+                        if impl == "engine"
+                        else reference(net, mode, steps)
+                    )
+                    mib = saved_mib(lambda objective=objective: objective(one))
+                    name = "maml" if mode == "none" else "cml"
+                    memory[f"{impl}/{name}/steps{steps}"] = mib
+        per_task = memory["engine/cml/steps5"]
+        return {
+            "status": "ok",
+            "workload": {
+                "model": "resnet12 " + "-".join(map(str, widths)),
+                "image": IMAGE,
+                "ways": WAYS,
+                "shots": SHOTS,
+                "queries": QUERIES,
+                "tasks": n_tasks,
+                "inner": {"lr": LR, "order": "second"},
+                "gamma": GAMMA,
+                "threads": threads,
+            },
+            "seconds": times,
+            "median_s": med,
+            "best_strategy": best,
+            "ratios": ratios,
+            "memory_mib_per_task": memory,
+            "budget_mib": BUDGET_MIB,
+            "largest_meta_batch_without_chunks_5_steps": int(BUDGET_MIB // per_task),
+        }
+    finally:
+        torch.set_num_threads(previous)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(bench("--quick" in sys.argv, log=print), indent=1))
