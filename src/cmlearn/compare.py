@@ -227,7 +227,7 @@ def format_table(report: dict) -> str:
             f"{_cell(vs_first.get(row['method']), '+.4f'):>30}"
             f"{_cell(vs_base.get(row['method']), '+.4f'):>32}"
         )
-    if report.get("dagger", "none") != "none":
+    if any(row["method"].endswith("†") for row in report["summary"]):
         lines.append(
             f"† rows: the co-learner's output ({report['dagger']}'s CML†: "
             + (
