@@ -42,7 +42,8 @@ def build_learner(cfg: Config, source: TaskSource, device: torch.device | None =
         colearner = None
         if spec.active:
             probe = Cooperative(model, None, cfg.colearner.point)
-            example = source.sample(1, generator("val", 0), "val").support_x[0]  # a real input
+            # a real input, on the CPU where the model is built (the pool may be on the GPU)
+            example = source.sample(1, generator("val", 0), "val").support_x[0].cpu()
             was = model.training
             model.eval()  # no running statistics touched by the probe
             with torch.no_grad():
