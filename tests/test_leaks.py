@@ -14,7 +14,12 @@ def test_sinusoid_training_does_not_grow():
 
 @needs_omniglot
 def test_conv4_training_does_not_grow():
+    """Conv-4's larger buffers let the allocator take one more arena now and then between the
+    short test's early marks (8.6 MiB once in CI against the 8 MiB bound): one fresh-process
+    retry. A leak grows every step, so it fails both runs (the injected one below: 64 MiB)."""
     result = memory_growth("conv4", (30, 200))
+    if not result["ok"]:
+        result = memory_growth("conv4", (30, 200))
     assert result["ok"], result
 
 
