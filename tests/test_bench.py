@@ -171,7 +171,7 @@ def test_resnet12_benchmark_compares_equal_meta_losses_and_reports_its_figures(k
     meta-losses differ, so reaching the report means engine and reference agreed."""
     from cmlearn.bench_resnet import bench as bench_resnet
 
-    out = bench_resnet(quick=True, widths=(4, 4, 8, 8))
+    out = bench_resnet(quick=True, widths=(4, 4, 8, 8), conv_shapes=((2, 256), (3, 8)))
     assert out["status"] == "ok" and out["best_strategy"] in ("loop", "vmap")
     for key in ("cml_overhead_resnet12", "resnet12_engine_speedup_loop"):
         assert math.isfinite(out["ratios"][key]) and out["ratios"][key] > 0
@@ -179,3 +179,9 @@ def test_resnet12_benchmark_compares_equal_meta_losses_and_reports_its_figures(k
     assert memory["engine/cml/steps1"] > memory["engine/maml/steps1"]  # ϕ's activations
     assert memory["reference/maml/steps5"] > memory["reference/maml/steps1"]  # 5 graphs kept
     assert out["largest_meta_batch_without_chunks_5_steps"] >= 1
+    # ϕ's FLOPs are a fixed cost on the query set: a larger share beside 1 shot than 5
+    floor = out["flop_ratio_cml_over_maml"]
+    assert floor["shots1"] > floor["shots5"] > 1
+    paths = out["conv_paths"]
+    assert paths["2x2x256"]["chosen"] == "matmul" and paths["3x3x8"]["chosen"] == "onednn"
+    assert all(v["onednn_s"] > 0 and v["matmul_s"] > 0 for v in paths.values())

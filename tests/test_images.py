@@ -14,7 +14,7 @@ from cmlearn.cml import CoLearnerSpec
 from cmlearn.config import Config
 from cmlearn.engine import Learner
 from cmlearn.models import ConvNet, Cooperative, build_colearner, parameter_counts
-from cmlearn.models.layers import StepBatchNorm2d
+from cmlearn.models.layers import Conv2d, StepBatchNorm2d
 from cmlearn.train import make_optimizer, outer_step
 from tests.conftest import central_difference, needs_omniglot
 from tests.test_models import image_tasks
@@ -62,7 +62,7 @@ def test_colearner_depth_conv_k_plus_fc(k):
     assert (k, n_params(co)) in {(0, 8_005), (1, 45_061), (2, 82_117), (3, 119_173), (4, 156_229)}
     kinds = [type(m) for m in co.modules() if not isinstance(m, nn.Sequential)]
     pools = [i for i, t in enumerate(kinds) if t is nn.MaxPool2d]
-    assert kinds.count(nn.Conv2d) == k and len(pools) == 1
+    assert kinds.count(Conv2d) == k and len(pools) == 1
     assert kinds[pools[0] + 1 :] == [nn.Flatten, nn.Linear]  # the pool closes the last block
     assert tuple(co(torch.randn(2, C, 10, 10)).shape) == (2, 5)
 

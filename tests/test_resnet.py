@@ -13,7 +13,7 @@ from torch import nn
 from cmlearn import CmlearnError
 from cmlearn.config import Config
 from cmlearn.models import Cooperative, ResNet12, build_colearner, parameter_counts
-from cmlearn.models.layers import StepBatchNorm2d
+from cmlearn.models.layers import Conv2d, StepBatchNorm2d, matmul_conv2d
 from cmlearn.models.resnet import DropBlock, ResBlock
 from cmlearn.registry import COLEARNERS, MODELS
 from cmlearn.train import make_optimizer, outer_step
@@ -192,7 +192,7 @@ def test_resnet_colearner_structure_width_and_the_conv_colearners_avg_pool():
     options = COLEARNERS.make_options("resnet", {"width": 3})
     co = COLEARNERS.get("resnet").build(options, (TINY[-1], 2, 2), 5)
     kinds = [type(m) for m in co[0]] + [type(m) for m in co[1]]
-    assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.LeakyReLU] * 2
+    assert kinds == [Conv2d, nn.BatchNorm2d, nn.LeakyReLU] * 2
     assert co[0][0].bias is None and co[0][2].negative_slope == 0.1
     assert [type(m) for m in co[2:]] == [nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear]
     w, c = 3, TINY[-1]
@@ -275,3 +275,77 @@ def test_resnet_trains_and_evaluates_with_every_update_rule(algorithm):
     for mode in ("cml", "cml-dagger", "cml-dagger-code"):
         acc = learner.evaluate(resnet_tasks(2, 3), mode)["accuracy"]
         assert acc.shape == (2,) and bool(((acc >= 0) & (acc <= 1)).all())
+
+
+# ---- the CPU im2col-matmul path of wide convolutions at few pixels ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation", "bias", "side"),
+    [
+        (3, 1, 1, 1, False, 2),
+        (3, 1, 1, 1, True, 5),
+        (1, 1, 0, 1, False, 4),
+        (3, 2, 1, 1, True, 5),
+        (3, 1, 2, 2, False, 4),
+        (2, 1, 0, 1, True, 3),
+    ],
+)
+def test_matmul_conv_is_f_conv2d_with_first_and_second_derivatives(
+    kernel, stride, padding, dilation, bias, side
+):
+    conv = Conv2d(3, 4, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias)
+    conv = conv.double()
+    x = torch.randn(2, 3, side, side, dtype=torch.float64, requires_grad=True)
+    b = conv.bias if bias else None
+    torch.testing.assert_close(
+        matmul_conv2d(x, conv.weight, b, conv),
+        F.conv2d(x, conv.weight, b, stride, padding, dilation),
+        rtol=1e-12,
+        atol=1e-12,
+    )
+    inputs = (x, conv.weight) + ((conv.bias,) if bias else ())
+
+    def f(x, w, b=None):
+        return matmul_conv2d(x, w, b, conv)
+
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def test_only_wide_cpu_convolutions_at_few_output_pixels_take_the_matmul_path(monkeypatch):
+    calls = []
+    import cmlearn.models.layers as layers
+
+    real = layers.matmul_conv2d
+    monkeypatch.setattr(layers, "matmul_conv2d", lambda *a: calls.append(a[0].shape) or real(*a))
+    wide, narrow = Conv2d(256, 2, 3, padding=1), Conv2d(255, 2, 3, padding=1)
+    for side, expected in ((5, True), (6, False), (1, True)):
+        calls.clear()
+        x = torch.randn(2, 256, side, side)
+        out = wide(x)
+        assert bool(calls) is expected, side
+        torch.testing.assert_close(out, F.conv2d(x, wide.weight, wide.bias, padding=1))
+    calls.clear()
+    narrow(torch.randn(2, 255, 2, 2))
+    Conv2d(256, 2, 3, padding=1, groups=2)(torch.randn(2, 256, 2, 2))
+    Conv2d(256, 2, 3, padding=1)(torch.randn(256, 2, 2))  # unbatched: nn.Conv2d's own path
+    assert calls == []
+    # 2×2 → 1×1 with a stride-2 3×3: one output pixel
+    calls.clear()
+    Conv2d(256, 2, 3, stride=2, padding=1)(torch.randn(1, 256, 2, 2))
+    assert calls == [torch.Size([1, 256, 2, 2])]
+
+
+def test_the_resnet_meta_gradient_is_the_same_on_either_convolution_path(monkeypatch):
+    widths = (4, 6, 8, 256)  # the last block is wide enough for the matmul path at 2×2 pixels
+    grads = {}
+    for pixels in (0, 25):
+        monkeypatch.setattr(Conv2d, "matmul_max_pixels", pixels)
+        torch.manual_seed(0)
+        learner = resnet_learner(widths=widths)
+        grads[pixels] = meta_grads(learner)
+    # float32 rounding of a second-order gradient whose entries reach the hundreds, no more
+    scale = torch.cat([g.flatten() for g in grads[0].values()]).norm()
+    for name, g in grads[0].items():
+        assert (grads[25][name] - g).norm() <= 1e-5 * scale, name

@@ -15,6 +15,13 @@ CML adds the ``resnet`` co-learner (two 640-channel convs + pool + FC, γ = 1).
   the per-task figure, while ``train.task_chunk=c`` bounds it at c tasks' worth whatever the
   meta-batch (the gradient is the same; tested in ``tests/test_train.py``). The largest
   meta-batch that fits a budget without chunking is reported for the given budget.
+- ``flop_ratio``: the CML step's FLOPs over MAML's (``FlopCounterMode``), the overhead the
+  co-learner's arithmetic alone implies, at 1 and 5 shots; the time ratio can approach it but
+  not beat it.
+- ``conv_paths``: a second-order step (support gradient with ``create_graph``, query loss at
+  the adapted weight, backward; inputs needing gradients) of one 3×3 layer per shape, oneDNN's
+  ``F.conv2d`` against ``layers.matmul_conv2d``: the measurement behind ``layers.Conv2d``'s
+  choice of path.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -43,12 +51,12 @@ GOALS = {"cml_overhead_resnet12": ("<=", 1.05)}
 BUDGET_MIB = 16 * 1024  # "the largest meta-batch that fits" is reported for this budget
 
 
-def batch(n_tasks: int, seed: int = 0) -> TaskBatch:
+def batch(n_tasks: int, seed: int = 0, shots: int = SHOTS) -> TaskBatch:
     gen = torch.Generator().manual_seed(seed)
     n_query = WAYS * QUERIES
     return TaskBatch(
-        torch.rand(n_tasks, WAYS * SHOTS, 3, IMAGE, IMAGE, generator=gen),
-        torch.arange(WAYS).repeat_interleave(SHOTS).expand(n_tasks, -1).contiguous(),
+        torch.rand(n_tasks, WAYS * shots, 3, IMAGE, IMAGE, generator=gen),
+        torch.arange(WAYS).repeat_interleave(shots).expand(n_tasks, -1).contiguous(),
         torch.rand(n_tasks, n_query, 3, IMAGE, IMAGE, generator=gen),
         torch.arange(WAYS).repeat_interleave(QUERIES).expand(n_tasks, -1).contiguous(),
     )
@@ -95,6 +103,77 @@ def reference(net: Cooperative, mode: str, steps: int) -> Callable[[TaskBatch], 
     return objective
 
 
+CONV_SHAPES = (  # (pixels per side, channels): ResNet-12's blocks at 32 and 84 px, Conv-4's
+    (2, 640),
+    (4, 640),
+    (5, 640),
+    (8, 320),
+    (10, 640),
+    (16, 160),
+    (3, 64),
+    (7, 64),
+)
+
+
+def second_order_step(
+    f: Callable[[Tensor, Tensor], Tensor], w: Tensor, support: Tensor, query: Tensor
+) -> None:
+    (g,) = torch.autograd.grad(f(support, w).square().mean(), w, create_graph=True)
+    f(query, w - 0.1 * g).square().mean().backward()
+
+
+def conv_paths(
+    repeats: int, log: Callable[[str], None], shapes: tuple[tuple[int, int], ...] = CONV_SHAPES
+) -> dict[str, dict[str, Any]]:
+    """Median CPU seconds of a second-order 5-way 1-shot step of one 3×3 layer, both paths."""
+    from cmlearn.models.layers import Conv2d, matmul_conv2d
+
+    out = {}
+    for side, channels in shapes:
+        gen = torch.Generator().manual_seed(side)
+        conv = Conv2d(channels, channels, 3, padding=1, bias=False)
+        support = torch.rand(WAYS * SHOTS, channels, side, side, generator=gen).requires_grad_()
+        query = torch.rand(WAYS * QUERIES, channels, side, side, generator=gen).requires_grad_()
+        paths = {
+            "onednn": lambda x, w: F.conv2d(x, w, padding=1),
+            "matmul": lambda x, w, conv=conv: matmul_conv2d(x, w, None, conv),
+        }
+
+        times: dict[str, list[float]] = {n: [] for n in paths}
+        for r in range(repeats + 1):  # the first round warms up
+            for name in paths if r % 2 == 0 else list(paths)[::-1]:
+                start = time.process_time()
+                second_order_step(paths[name], conv.weight, support, query)
+                if r:
+                    times[name].append(time.process_time() - start)
+        med = {n: statistics.median(v) for n, v in times.items()}
+        key = f"{side}x{side}x{channels}"
+        out[key] = {
+            "onednn_s": med["onednn"],
+            "matmul_s": med["matmul"],
+            "onednn_over_matmul": med["onednn"] / med["matmul"],
+            "chosen": "matmul" if conv.uses_matmul(query) else "onednn",
+        }
+        log(f"conv path {key}: oneDNN/matmul {out[key]['onednn_over_matmul']:.2f}")
+    return out
+
+
+def flop_ratio(widths: tuple[int, ...]) -> dict[str, float]:
+    """CML's meta-step FLOPs over MAML's, one task, at 1 and 5 shots."""
+    from cmlearn.bench import meta_step_flops
+
+    ratios = {}
+    for shots in (1, 5):
+        data = batch(1, shots=shots)
+        flops = {}
+        for mode in ("none", "cml"):
+            net = network(mode == "cml", widths)
+            objective = engine(net, mode, "loop", 1)
+            flops[mode] = meta_step_flops(partial(objective, data), list(net.parameters()))
+        ratios[f"shots{shots}"] = flops["cml"]["total"] / flops["none"]["total"]
+    return ratios
+
+
 def timed(
     variants: dict[str, tuple[Callable[[TaskBatch], Tensor], Cooperative]],
     data: TaskBatch,
@@ -131,8 +210,10 @@ def bench(
     log: Callable[[str], None] = lambda _: None,
     threads: int = 1,
     widths: tuple[int, ...] = WIDTHS,
+    conv_shapes: tuple[tuple[int, int], ...] = CONV_SHAPES,
 ) -> dict[str, Any]:
-    """Every figure of the module docstring (``widths``: narrower nets for the tests)."""
+    """Every figure of the module docstring (``widths``, ``conv_shapes``: smaller work for the
+    tests)."""
     from cmlearn.bench import saved_mib
 
     previous = torch.get_num_threads()
@@ -186,6 +267,9 @@ def bench(
                     name = "maml" if mode == "none" else "cml"
                     memory[f"{impl}/{name}/steps{steps}"] = mib
         per_task = memory["engine/cml/steps5"]
+        log("resnet12: FLOP ratio and convolution paths")
+        floor = flop_ratio(widths)
+        paths = conv_paths(1 if quick else 5, log, conv_shapes)
         return {
             "status": "ok",
             "workload": {
@@ -207,6 +291,8 @@ def bench(
             "best_strategy": best,
             "ratios": ratios,
             "memory_mib_per_task": memory,
+            "flop_ratio_cml_over_maml": floor,
+            "conv_paths": paths,
             "budget_mib": BUDGET_MIB,
             "largest_meta_batch_without_chunks_5_steps": int(BUDGET_MIB // per_task),
         }

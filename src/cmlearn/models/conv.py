@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from cmlearn.models.cooperative import BodyHead
-from cmlearn.models.layers import BN_MODES, norm
+from cmlearn.models.layers import BN_MODES, Conv2d, norm
 from cmlearn.registry import MODELS, check
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ Block = Callable[[int, int, bool, str, int], nn.Sequential]
 
 def conv_block(cin: int, cout: int, pool: bool, bn: str, bn_steps: int = 0) -> nn.Sequential:
     """3×3 conv (with bias) → BatchNorm (``layers.norm``) → ReLU (→ 2×2 max-pool)."""
-    layers = [nn.Conv2d(cin, cout, 3, padding=1), norm(cout, bn, bn_steps), nn.ReLU()]
+    layers = [Conv2d(cin, cout, 3, padding=1), norm(cout, bn, bn_steps), nn.ReLU()]
     if pool:
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)

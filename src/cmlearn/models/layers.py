@@ -51,6 +51,59 @@ class TaskLinear(nn.Module):
         return task_linear(x, self.weight, self.bias)
 
 
+def output_size(conv: nn.Conv2d, x: Tensor) -> tuple[int, int]:
+    """The (H, W) that ``conv`` makes of a batch ``x``."""
+    return tuple(
+        (x.shape[2 + i] + 2 * conv.padding[i] - conv.dilation[i] * (conv.kernel_size[i] - 1) - 1)
+        // conv.stride[i]
+        + 1
+        for i in range(2)
+    )
+
+
+def matmul_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, conv: nn.Conv2d) -> Tensor:
+    """``conv``'s convolution of a batch ``[B, C, H, W]`` as one explicit im2col matmul.
+
+    The same function as ``F.conv2d`` (to rounding), built from ``unfold`` and ``@``, whose
+    first and second derivatives are matmuls too.
+    """
+    cols = F.unfold(x, conv.kernel_size, conv.dilation, conv.padding, conv.stride)  # [B, C·k·k, L]
+    out = weight.flatten(1) @ cols  # [B, O, L]
+    if bias is not None:
+        out = out + bias[:, None]
+    return out.view(x.shape[0], -1, *output_size(conv, x))
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` that, on CPU, runs wide layers at few output pixels as an im2col matmul.
+
+    oneDNN's convolution backward is several times slower than a matmul there: a 640-channel
+    3×3 layer on 75 images at 2×2 pixels (ResNet-12's last block and its co-learner at 32 px)
+    costs 3.0× as much in a second-order step, 1.8× at 4×4 and 1.3× at 5×5, while at 8×8 and
+    beyond, or at Conv-4's 64 channels, oneDNN wins (``cmlearn bench``'s ``conv_paths``
+    measures both paths per shape). Parameters, their names and the function are
+    ``nn.Conv2d``'s; only the kernels differ, so checkpoints are interchangeable.
+    """
+
+    matmul_min_channels = 256  # input channels from which the matmul path can pay
+    matmul_max_pixels = 25  # output pixels (H·W) up to which it does
+
+    def uses_matmul(self, x: Tensor) -> bool:
+        if x.device.type != "cpu" or x.dim() != 4 or self.groups != 1:
+            return False
+        if self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return False
+        if self.in_channels < self.matmul_min_channels:
+            return False
+        out_h, out_w = output_size(self, x)
+        return out_h * out_w <= self.matmul_max_pixels
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.uses_matmul(input):
+            return matmul_conv2d(input, weight, bias, self)
+        return super()._conv_forward(input, weight, bias)
+
+
 class StepBatchNorm2d(nn.Module):
     """BatchNorm with one row of γ/β per inner step (MAML++'s BNWB), transductive by default.
 

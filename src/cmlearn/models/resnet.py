@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from cmlearn.models.conv import conv_k_fc
 from cmlearn.models.cooperative import BodyHead
-from cmlearn.models.layers import BN_MODES, norm
+from cmlearn.models.layers import BN_MODES, Conv2d, norm
 from cmlearn.registry import MODELS, check
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class DropBlock(nn.Module):
 
 
 def conv3x3(cin: int, cout: int) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+    return Conv2d(cin, cout, 3, padding=1, bias=False)
 
 
 class ResBlock(nn.Module):
@@ -106,7 +106,7 @@ class ResBlock(nn.Module):
         self.conv2, self.bn2 = conv3x3(cout, cout), norm(cout, bn, bn_steps)
         self.conv3, self.bn3 = conv3x3(cout, cout), norm(cout, bn, bn_steps)
         self.shortcut = (
-            nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), norm(cout, bn, bn_steps))
+            nn.Sequential(Conv2d(cin, cout, 1, bias=False), norm(cout, bn, bn_steps))
             if skip
             else None
         )
