@@ -160,6 +160,24 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert not list(tmp_path.glob(".*.tmp")) and not files.writing()
 
 
+def test_atomic_path_renames_only_a_finished_file_and_fsyncs_it(tmp_path, monkeypatch):
+    target = tmp_path / "sub" / "cache.npy"  # the folder is made
+    synced = []
+    real_fsync = files.os.fsync
+    monkeypatch.setattr(files.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    with files.atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.endswith(".tmp") and not target.exists()
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and len(synced) == 1
+    with pytest.raises(ValueError), files.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise ValueError
+    with pytest.raises(CmlearnError, match="cannot write .*cache.npy: disk full"):
+        with files.atomic_path(target):
+            raise OSError("disk full")
+    assert target.read_bytes() == b"new" and not list(target.parent.glob(".*.tmp"))
+
+
 def test_ctrl_c_while_importing_prints_no_traceback():
     for delay in (0.1, 0.3, 0.6, 1.0, 1.5):  # somewhere inside `import torch` on any machine
         proc = _spawn("train", "--preset", "sinusoid-5shot-cpu", "--steps", "5", "--quiet")
@@ -177,7 +195,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tiny_cfg, tmp_path, monkeypat
     run = tmp_path / "r"
     train(tiny_cfg.override(["train.steps=20"]), run, progress=False)
     before = (run / CHECKPOINT).read_bytes()
-    real_fdopen = os.fdopen
+    real_open = open
 
     class Full:
         def __init__(self, f):
@@ -193,7 +211,10 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tiny_cfg, tmp_path, monkeypat
             self.f.write(bytes(data)[:100])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    def full_open(path, mode="r"):  # the atomic writer's stream fills the disk
+        return Full(real_open(path, mode)) if mode == "wb" else real_open(path, mode)
+
+    monkeypatch.setattr(files, "open", full_open, raising=False)
     with pytest.raises(CmlearnError, match="No space left on device") as err:
         train(tiny_cfg, run, resume=True, progress=False)
     assert len(str(err.value).splitlines()) == 1

@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -28,8 +31,10 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return stale
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync, then rename over it.
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` for the block to write by any means (a memory map, a
+    stream); once the block ends without error it is fsynced and renamed over ``path``.
 
     On any failure the temporary file is removed and ``path`` keeps its previous content; an
     ``OSError`` (disk full, unwritable folder) becomes a one-line ``CmlearnError``.
@@ -38,32 +43,36 @@ def atomic_write(path: Path, write) -> None:
     path = Path(path)
     _writing += 1
     try:
-        _write(path, write)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a cache is for every user
+            os.close(fd)
+        except OSError as err:
+            raise CmlearnError(f"cannot write {path}: {err.strerror or err}") from None
+        tmp = Path(name)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise CmlearnError(f"cannot write {path}: {err.strerror or err}") from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     finally:
         _writing -= 1
 
 
-def _write(path: Path, write) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise CmlearnError(f"cannot write {path}: {err.strerror or err}") from None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a cache is for every user
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise CmlearnError(f"cannot write {path}: {err.strerror or err}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``
+    (``atomic_path``'s guarantees)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def atomic_save(obj: object, path: Path) -> None:

@@ -33,8 +33,6 @@ tieredimagenet`` counts classes and images against the known ones.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -63,7 +61,7 @@ from cmlearn.data.images import (
     unpickle,
 )
 from cmlearn.data.pool import ClassDataset, ClassPool
-from cmlearn.files import atomic_text
+from cmlearn.files import atomic_path, atomic_text
 from cmlearn.progress import Progress
 from cmlearn.registry import DATASETS, check
 
@@ -203,10 +201,7 @@ def _build(layout: Layout, channels: str, array: Path, meta: Path, key: str) -> 
     where = plan(layout)
     size = _image_size(layout)
     shape = (where.total, 3, size, size)
-    array.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{array.name}.", suffix=".tmp", dir=array.parent)
-    os.close(fd)
-    try:
+    with atomic_path(array) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         for split in SPLITS:
             rows, source = where.rows[split], layout.images[split]
@@ -216,15 +211,6 @@ def _build(layout: Layout, channels: str, array: Path, meta: Path, key: str) -> 
                 _decode_png(source, out, rows, size)
         out.flush()
         del out
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, array)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise CmlearnError(f"cannot write {array}: {err.strerror or err}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     info = {
         "format": CACHE_FORMAT,
         "key": key,
