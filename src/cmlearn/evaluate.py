@@ -8,12 +8,14 @@ logits, for classification) is scored.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from scipy import stats
+from torch import Tensor
 
 from cmlearn import CmlearnError
 from cmlearn.engine import Learner, task_accuracy, task_losses
@@ -92,13 +94,19 @@ def scores(
     """Per-task ``metric`` (``mse``: query loss; ``accuracy``) after adaptation with
     ``steps`` inner steps (0 = the training rule's); ``batch_size`` tasks at a time."""
     key = "accuracy" if metric == "accuracy" else "loss"
+    return _per_task(
+        learner, chunks, batch_size, lambda b: learner.evaluate(b, mode, steps or None)[key]
+    )
+
+
+def _per_task(
+    learner: Learner, chunks: list, batch_size: int, score: Callable[[TaskBatch], Tensor]
+) -> np.ndarray:
+    """``score`` of every task of ``chunks``, ``batch_size`` tasks at a time, in eval mode."""
     was_training = learner.net.training
     learner.net.eval()
     try:
-        out = []
-        for chunk in chunks:
-            for batch in batches([chunk], batch_size):
-                out.append(learner.evaluate(batch, mode, steps or None)[key].detach().cpu())
+        out = [score(b).detach().cpu() for chunk in chunks for b in batches([chunk], batch_size)]
     finally:
         learner.net.train(was_training)
     return torch.cat(out).double().numpy()
@@ -135,28 +143,23 @@ def ensemble_scores(
     each adapts to the task on its own, as in ``scores``, and their query outputs are
     averaged before the argmax (accuracy) or the loss. ``learner`` is the model they are
     loaded into, one after the other; its own state is restored after."""
+
+    def score(batch: TaskBatch) -> Tensor:
+        total = None
+        for member in members:
+            load_member(learner, member)
+            result = learner.evaluate(batch, mode, steps or None, return_outputs=True)
+            total = result["output"] if total is None else total + result["output"]
+        mean = total / len(members)
+        if metric == "accuracy":
+            return task_accuracy(mean, batch.query_y)
+        return task_losses(mean, batch.query_y, learner.loss)
+
     own = _snapshot(learner)
-    was_training = learner.net.training
-    learner.net.eval()
     try:
-        out = []
-        for chunk in chunks:
-            for batch in batches([chunk], batch_size):
-                total = None
-                for member in members:
-                    load_member(learner, member)
-                    result = learner.evaluate(batch, mode, steps or None, return_outputs=True)
-                    total = result["output"] if total is None else total + result["output"]
-                mean = total / len(members)
-                if metric == "accuracy":
-                    value = task_accuracy(mean, batch.query_y)
-                else:
-                    value = task_losses(mean, batch.query_y, learner.loss)
-                out.append(value.detach().cpu())
+        return _per_task(learner, chunks, batch_size, score)
     finally:
         load_member(learner, own)
-        learner.net.train(was_training)
-    return torch.cat(out).double().numpy()
 
 
 def member_state(learner: Learner, cfg: Config, step: int, value: float, metric: str) -> dict:
