@@ -29,10 +29,8 @@ from cmlearn import CmlearnError
 from cmlearn.data.cache import cached
 from cmlearn.data.images import (
     SPLITS,
-    ImageOptions,
     Prep,
-    check_image_size,
-    check_resample,
+    ResizedOptions,
     fetch_hint,
     files_key,
     image_dataset,
@@ -54,14 +52,9 @@ SIZE = 32
 
 
 @dataclass(frozen=True)
-class CifarOptions(ImageOptions):
+class CifarOptions(ResizedOptions):
     image_size: int = SIZE
     resample: str = "bilinear"  # only used when image_size is not 32
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_image_size(self.image_size)
-        check_resample(self.resample)
 
 
 def locate(root: Path, name: str = "cifarfs") -> list[Path]:

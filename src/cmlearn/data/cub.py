@@ -22,10 +22,8 @@ from cmlearn import CmlearnError
 from cmlearn.data.cache import cached
 from cmlearn.data.images import (
     SPLITS,
-    ImageOptions,
     Prep,
-    check_image_size,
-    check_resample,
+    ResizedOptions,
     decode_all,
     fetch_hint,
     files_key,
@@ -46,7 +44,7 @@ CROPS = ("center", "resize")
 
 
 @dataclass(frozen=True)
-class CubOptions(ImageOptions):
+class CubOptions(ResizedOptions):
     crop: str = "center"  # center: Resize(1.5 × size) → CenterCrop(size) | resize: squash
     image_size: int = 84
     resample: str = "bilinear"
@@ -54,8 +52,6 @@ class CubOptions(ImageOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.crop in CROPS, f"cub crop must be one of {CROPS} (got {self.crop!r})")
-        check_image_size(self.image_size)
-        check_resample(self.resample)
 
     def prep(self) -> Prep:
         short = int(self.image_size * 1.5) if self.crop == "center" else None

@@ -25,10 +25,8 @@ from cmlearn import CmlearnError
 from cmlearn.data.cache import cached
 from cmlearn.data.images import (
     SPLITS,
-    ImageOptions,
     Prep,
-    check_image_size,
-    check_resample,
+    ResizedOptions,
     decode_all,
     fetch_hint,
     files_key,
@@ -49,14 +47,9 @@ CLASSES = 102
 
 
 @dataclass(frozen=True)
-class FlowerOptions(ImageOptions):
+class FlowerOptions(ResizedOptions):
     image_size: int = 32
     resample: str = "bicubic"  # bicubic (BOIL's script: Pillow's default) | bilinear | lanczos
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_image_size(self.image_size)
-        check_resample(self.resample)
 
 
 def locate(root: Path) -> tuple[Path, Path]:

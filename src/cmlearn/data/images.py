@@ -76,12 +76,24 @@ class ImageOptions:
         )
 
 
-def check_image_size(size: int, low: int = 8, high: int = 512) -> None:
-    check(low <= size <= high, f"image_size must be in [{low}, {high}] (got {size})")
+@dataclass(frozen=True)
+class ResizedOptions(ImageOptions):
+    """Options of a dataset that is resized when decoded; each redeclares its defaults."""
 
+    image_size: int = 84
+    resample: str = "bilinear"
 
-def check_resample(resample: str) -> None:
-    check(resample in RESAMPLE, f"resample must be one of {RESAMPLE} (got {resample!r})")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        low, high = 8, 512
+        check(
+            low <= self.image_size <= high,
+            f"image_size must be in [{low}, {high}] (got {self.image_size})",
+        )
+        check(
+            self.resample in RESAMPLE,
+            f"resample must be one of {RESAMPLE} (got {self.resample!r})",
+        )
 
 
 # --- decoding ------------------------------------------------------------------------------

@@ -33,10 +33,8 @@ from cmlearn import CmlearnError
 from cmlearn.data.cache import cached
 from cmlearn.data.images import (
     SPLITS,
-    ImageOptions,
     Prep,
-    check_image_size,
-    check_resample,
+    ResizedOptions,
     decode_all,
     files_key,
     image_dataset,
@@ -65,7 +63,7 @@ EXPECTED = (
 
 
 @dataclass(frozen=True)
-class MiniImageNetOptions(ImageOptions):
+class MiniImageNetOptions(ResizedOptions):
     layout: str = "auto"  # auto | pickle | csv | folders
     image_size: int = 84
     resample: str = "bilinear"  # bilinear (torchvision Resize) | bicubic | lanczos (Finn)
@@ -73,8 +71,6 @@ class MiniImageNetOptions(ImageOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.layout in LAYOUTS, f"miniimagenet layout must be one of {LAYOUTS}")
-        check_image_size(self.image_size)
-        check_resample(self.resample)
 
 
 @dataclass(frozen=True)
