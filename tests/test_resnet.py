@@ -335,6 +335,12 @@ def test_only_wide_cpu_convolutions_at_few_output_pixels_take_the_matmul_path(mo
     calls.clear()
     Conv2d(256, 2, 3, stride=2, padding=1)(torch.randn(1, 256, 2, 2))
     assert calls == [torch.Size([1, 256, 2, 2])]
+    calls.clear()  # under vmap over tasks oneDNN is faster: the matmul path is not taken
+    x = torch.randn(3, 2, 256, 2, 2)
+    out = torch.func.vmap(wide)(x)
+    assert calls == []
+    torch.testing.assert_close(out, torch.stack([wide(t) for t in x]))
+    assert len(calls) == 3
 
 
 def test_the_resnet_meta_gradient_is_the_same_on_either_convolution_path(monkeypatch):

@@ -74,6 +74,14 @@ def matmul_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, conv: nn.Conv2
     return out.view(x.shape[0], -1, *output_size(conv, x))
 
 
+def under_vmap() -> bool:
+    """Whether a ``torch.func.vmap`` is running (at any depth of ``grad`` inside it)."""
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
+
+
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` that, on CPU, runs wide layers at few output pixels as an im2col matmul.
 
@@ -81,15 +89,17 @@ class Conv2d(nn.Conv2d):
     3×3 layer on 75 images at 2×2 pixels (ResNet-12's last block and its co-learner at 32 px)
     costs 3.0× as much in a second-order step, 1.8× at 4×4 and 1.3× at 5×5, while at 8×8 and
     beyond, or at Conv-4's 64 channels, oneDNN wins (``cmlearn bench``'s ``conv_paths``
-    measures both paths per shape). Parameters, their names and the function are
-    ``nn.Conv2d``'s; only the kernels differ, so checkpoints are interchangeable.
+    measures both paths per shape). Under ``vmap`` over tasks the matmul path is slower (the
+    ResNet-12 CML step took 1.8× as long), so it is taken only outside it. Parameters, their
+    names and the function are ``nn.Conv2d``'s; only the kernels differ, so checkpoints are
+    interchangeable.
     """
 
     matmul_min_channels = 256  # input channels from which the matmul path can pay
     matmul_max_pixels = 25  # output pixels (H·W) up to which it does
 
     def uses_matmul(self, x: Tensor) -> bool:
-        if x.device.type != "cpu" or x.dim() != 4 or self.groups != 1:
+        if x.device.type != "cpu" or x.dim() != 4 or self.groups != 1 or under_vmap():
             return False
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
             return False
