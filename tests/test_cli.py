@@ -164,6 +164,18 @@ def test_compare_json_uses_the_same_tasks_for_every_method(cli, tmp_path):
     assert compare("maml,cml")["results"][:6] == report["results"][:6]
 
 
+def test_compare_scores_a_cl_run_three_ways_as_table_4(cli, tmp_path):
+    args = ["compare", "--preset", "sinusoid-5shot-cpu", "--methods", "maml,cl", "--seeds", "0",
+            "--steps", "10", "--tasks", "20", "--out", str(tmp_path), "--quiet", *FAST]  # fmt: skip
+    report = json.loads(cli(*args, "--json").stdout)
+    rows = [r["method"] for r in report["summary"]]
+    assert rows == ["maml", "cl", "cl†", "cl†-unadapted"]  # CL⋆, CL†, CL† w/o adaptation
+    means = {r["method"]: r["mean"] for r in report["summary"]}
+    assert len(set(means.values())) == 4
+    text = cli(*args).stdout
+    assert "†-unadapted rows: CL† with ϕ not adapted" in text
+
+
 def test_demo_writes_table_and_plots(cli, tmp_path):
     result = cli("demo", "--steps", "30", "--out", str(tmp_path / "demo"), "--quiet")
     assert result.returncode == 0, result.stderr

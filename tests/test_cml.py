@@ -143,7 +143,7 @@ def test_saved_inference_model_is_exactly_maml(tiny_cfg, tmp_path):
     assert torch.load(run / "colearner.pt")["step"] == cml_model["step"]
 
 
-@pytest.mark.parametrize("mode", ["cml", "cml-dagger", "cml-dagger-code"])
+@pytest.mark.parametrize("mode", ["cml", "cml-dagger", "cml-dagger-code", "cml-dagger-unadapted"])
 def test_evaluation_modes(mode):
     learner = make_learner(mode="cml")
     batch = sinusoid_batch()
@@ -179,8 +179,8 @@ def test_eval_mode_without_colearner_is_rejected():
         make_learner(mode="none").evaluate(sinusoid_batch(), "cml-dagger")
 
 
-def test_cl_evaluation_adapts_the_colearner_as_in_training():
-    """For a CL run, cml-dagger-code is CL† (adapted ϕ), not CL† without adaptation."""
+def cl_scores() -> tuple[torch.Tensor, torch.Tensor]:
+    """A CL run's CL† loss (ϕ adapted) and the same weights' CML† (ϕ as meta-learned)."""
     from cmlearn.cml import CoLearnerSpec
 
     learner = make_learner(mode="cl", gamma=1.0)
@@ -188,5 +188,27 @@ def test_cl_evaluation_adapts_the_colearner_as_in_training():
     adapted = learner.evaluate(batch, "cml-dagger-code")["loss"]
     learner.co = CoLearnerSpec("cml", 1.0)  # same parameters, ϕ left un-adapted
     learner.step_sizes = {k: v for k, v in learner.step_sizes.items() if "colearner" not in k}
-    frozen = learner.evaluate(batch, "cml-dagger-code")["loss"]
+    return adapted, learner.evaluate(batch, "cml-dagger-code")["loss"]
+
+
+def test_cl_evaluation_adapts_the_colearner_as_in_training():
+    """For a CL run, cml-dagger-code is CL† (adapted ϕ), not CL† without adaptation."""
+    adapted, frozen = cl_scores()
     assert not torch.allclose(adapted, frozen)
+
+
+def test_cl_dagger_unadapted_predicts_with_the_meta_learned_colearner():
+    """Table 4's CL† w/o adaptation: the CL run's ψ, θ adapt with the meta-learner's loss and
+    its ϕ is used as meta-learned: what the same weights give as a CML run's CML†; for CML
+    itself the mode is CML†."""
+    adapted, frozen = cl_scores()
+    learner = make_learner(mode="cl", gamma=1.0)
+    batch = sinusoid_batch()
+    unadapted = learner.evaluate(batch, "cml-dagger-unadapted")["loss"]
+    torch.testing.assert_close(unadapted, frozen)
+    assert not torch.allclose(unadapted, adapted)
+    cml = make_learner(mode="cml")
+    torch.testing.assert_close(
+        cml.evaluate(batch, "cml-dagger-unadapted")["loss"],
+        cml.evaluate(batch, "cml-dagger-code")["loss"],
+    )

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CO_MODES = ("none", "cml", "random", "cl")
-EVAL_MODES = ("cml", "cml-dagger", "cml-dagger-code")
+EVAL_MODES = ("cml", "cml-dagger", "cml-dagger-code", "cml-dagger-unadapted")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class EvalPlan:
     adapt_head: str
     body_only: bool
     predict_head: str
+    adapt_colearner: bool = True  # a CL run adapts ϕ in its inner loop unless this is False
 
 
 EVAL_PLANS = {
@@ -70,6 +71,10 @@ EVAL_PLANS = {
     # CML† as the official test_cml.py does it: adapt (ψ, θ) with the meta-learner's loss,
     # then predict with the frozen co-learner on the adapted features.
     "cml-dagger-code": EvalPlan("meta", False, "co"),
+    # Table 4's "CL† w/o adaptation": as cml-dagger-code, but a CL run's ϕ is not adapted
+    # either (its inner loop uses the meta-learner's loss alone). For CML, which never adapts
+    # ϕ, it is cml-dagger-code itself.
+    "cml-dagger-unadapted": EvalPlan("meta", False, "co", adapt_colearner=False),
 }
 
 

@@ -111,6 +111,8 @@ def compare(
         modes = {method.name: "cml"}
         if dagger != "none" and not tlp and method.colearner in ("cml", "cl"):
             modes[method.name + "†"] = DAGGER[dagger]  # CML† (CL†): the co-learner's output
+            if method.colearner == "cl":  # Table 4's "CL† w/o adaptation"
+                modes[method.name + UNADAPTED] = "cml-dagger-unadapted"
         rows += [(name, method) for name in modes]
         for seed in seeds:
             cfg = method.config(base, seed)
@@ -183,6 +185,7 @@ def compare(
 
 
 DAGGER = {"code": "cml-dagger-code", "paper": "cml-dagger"}  # --dagger -> evaluation mode
+UNADAPTED = "†-unadapted"  # the row suffix of a CL run scored with ϕ never adapted
 
 
 def published_rows(preset: str) -> dict[str, dict[str, float]]:
@@ -235,6 +238,11 @@ def format_table(report: dict) -> str:
                 if report["dagger"] == "code"
                 else "adapt ψ with the co-learner's loss, Eq. 9)"
             )
+        )
+    if any(row["method"].endswith(UNADAPTED) for row in report["summary"]):
+        lines.append(
+            f"{UNADAPTED} rows: CL† with ϕ not adapted (ψ, θ adapt with the meta-learner's "
+            "loss; Table 4's CL† w/o adaptation)"
         )
     for table, row in report.get("published", {}).items():
         cells = ", ".join(f"{k} {'failed' if v is None else v}" for k, v in row.items())

@@ -306,8 +306,10 @@ class Learner:
         """Adapt to each test task and score its query set; per-task tensors ``[T]``.
 
         ``mode`` is one of ``cml`` (the meta-learner alone: MAML's inference), ``cml-dagger``
-        (paper Eq. 9) or ``cml-dagger-code`` (the official code's CML†); see ``cml.py``. A CL
-        run adapts ϕ too, as in its training, so ``cml`` gives CL⋆ and ``cml-dagger-code`` CL†.
+        (paper Eq. 9), ``cml-dagger-code`` (the official code's CML†) or
+        ``cml-dagger-unadapted``; see ``cml.py``. A CL run adapts ϕ too, as in its training, so
+        ``cml`` gives CL⋆, ``cml-dagger-code`` CL† and ``cml-dagger-unadapted`` Table 4's
+        "CL† w/o adaptation".
         """
         plan = eval_plan(mode)
         if "co" in (plan.adapt_head, plan.predict_head) and self.net.colearner is None:
@@ -322,9 +324,10 @@ class Learner:
             }
             rule, support_loss = InnerRule(steps=self.rule.steps, lr=self.rule.lr), "co"
         else:  # adapt exactly as in training (for CL: ψ, θ and ϕ on meta + γ·co)
-            own = self.params(adapted_colearner=self.co.adapts)
-            sizes = {k: v.detach() for k, v in self.step_sizes.items()}
-            rule, support_loss = self.rule, None
+            adapt_co = self.co.adapts and plan.adapt_colearner
+            own = self.params(adapted_colearner=adapt_co)
+            sizes = {k: v.detach() for k, v in self.step_sizes.items() if k in own}
+            rule, support_loss = self.rule, None if adapt_co else "meta"
         steps = steps or self.rule.steps
         self._check_steps(steps)
         params = expand({k: v.detach().requires_grad_() for k, v in own.items()}, T)
