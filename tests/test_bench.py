@@ -182,6 +182,11 @@ def test_resnet12_benchmark_compares_equal_meta_losses_and_reports_its_figures(k
     # ϕ's FLOPs are a fixed cost on the query set: a larger share beside 1 shot than 5
     floor = out["flop_ratio_cml_over_maml"]
     assert floor["shots1"] > floor["shots5"] > 1
+    # peak resident growth of fresh processes: at these widths it is the libraries' own
+    # first-use memory, so only the full-size bench says what checkpointing saves
+    peak = out["peak_mib_cml_5_steps"]
+    assert len(peak) == 4 and all(v > 0 for v in peak.values())
+    assert set(out["checkpoint_memory_ratio"]) == {"shots1", "shots5"}
     paths = out["conv_paths"]
     assert paths["2x2x256"]["chosen"] == "matmul" and paths["3x3x8"]["chosen"] == "onednn"
     assert all(v["onednn_s"] > 0 and v["matmul_s"] > 0 for v in paths.values())

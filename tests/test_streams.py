@@ -105,3 +105,34 @@ def test_progress_off_a_terminal_is_a_few_plain_lines(tiny_cfg, tmp_path, capsys
     assert "\r" not in err
     lines = err.strip().splitlines()
     assert 2 <= len(lines) <= 21 and "100% (40/40)" in lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "strategy", "sam_rho"),
+    [("maml", "batched", 0.0), ("maml", "vmap", 0.0), ("maml", "loop", 0.0),
+     ("metasgd", "batched", 0.0), ("maml", "batched", 0.05)],
+)  # fmt: skip
+def test_a_checkpointed_inner_loop_gives_the_same_meta_gradient(
+    float64, algorithm, strategy, sam_rho, monkeypatch
+):
+    """Activation checkpointing recomputes each second-order inner step during the backward:
+    the meta-gradient (learned step sizes and the inner SAM included) is unchanged."""
+    import cmlearn.algorithms.rule as rule
+
+    calls = []
+    real = rule.checkpoint
+    monkeypatch.setattr(rule, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    batch = sinusoid_batch(n_tasks=3)
+    grads = []
+    for ckpt in (False, True):
+        learner = make_learner(algorithm, mode="cml", strategy=strategy, steps=3)
+        learner.rule = dataclasses.replace(learner.rule, checkpoint=ckpt, sam_rho=sam_rho)
+        meta_gradient(learner, batch, 0.0, 0)
+        grads.append({k: p.grad.clone() for k, p in learner.net.named_parameters()})
+        grads[-1] |= {f"α.{k}": s.grad.clone() for k, s in learner.step_sizes.items()
+                      if s.grad is not None}  # fmt: skip
+    assert len(calls) == 3  # one per inner step, only when asked
+    assert grads[0].keys() == grads[1].keys()
+    assert any(k.startswith("α.") for k in grads[0]) == (algorithm == "metasgd")
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-10, atol=1e-12, msg=name)

@@ -147,7 +147,7 @@ def peak_growth_mib(which: str) -> float:
     return json.loads(proc.stdout.strip().splitlines()[-1])["growth_mib"]
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -162,13 +162,13 @@ def _worker(which: str) -> None:
     learner.net.eval()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    before = _status_kib("VmRSS")
+    before = status_kib("VmRSS")
     if which == "ours":
         objective = ours(learner, batch)
     else:
         objective = reference(cfg, source, learner, batch)
     step(objective, learner)()
-    print(json.dumps({"growth_mib": (_status_kib("VmHWM") - before) / 1024}))
+    print(json.dumps({"growth_mib": (status_kib("VmHWM") - before) / 1024}))
 
 
 def bench(repeats: int = 3, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:

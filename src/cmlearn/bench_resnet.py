@@ -15,6 +15,9 @@ CML adds the ``resnet`` co-learner (two 640-channel convs + pool + FC, γ = 1).
   the per-task figure, while ``train.task_chunk=c`` bounds it at c tasks' worth whatever the
   meta-batch (the gradient is the same; tested in ``tests/test_train.py``). The largest
   meta-batch that fits a budget without chunking is reported for the given budget.
+- ``peak_mib_cml_5_steps``: peak resident growth of one CML meta-step (one task, five
+  second-order inner steps) in a fresh process, plain and with ``inner.checkpoint`` (each
+  inner step recomputed in the backward), at 1 and 5 shots; ``checkpoint_memory_ratio``.
 - ``flop_ratio``: the CML step's FLOPs over MAML's (``FlopCounterMode``), the overhead the
   co-learner's arithmetic alone implies, at 1 and 5 shots; the time ratio can approach it but
   not beat it.
@@ -26,7 +29,10 @@ CML adds the ``resnet`` co-learner (two 640-channel convs + pool + FC, γ = 1).
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -72,10 +78,11 @@ def network(co: bool, widths: tuple[int, ...] = WIDTHS) -> Cooperative:
     return Cooperative(model, colearner)
 
 
-def engine(net: Cooperative, mode: str, strategy: str, steps: int) -> Callable[[], Tensor]:
-    learner = Learner.create(
-        net, InnerRule(steps=steps, lr=LR), CoLearnerSpec(mode, GAMMA), "ce", strategy
-    )
+def engine(
+    net: Cooperative, mode: str, strategy: str, steps: int, checkpoint: bool = False
+) -> Callable[[], Tensor]:
+    rule = InnerRule(steps=steps, lr=LR, checkpoint=checkpoint)
+    learner = Learner.create(net, rule, CoLearnerSpec(mode, GAMMA), "ce", strategy)
     return lambda data: learner.meta_objective(data)[0]
 
 
@@ -174,6 +181,36 @@ def flop_ratio(widths: tuple[int, ...]) -> dict[str, float]:
     return ratios
 
 
+def peak_step_mib(checkpoint: bool, steps: int, shots: int, widths: tuple[int, ...]) -> float:
+    """Peak resident memory growth of one CML meta-step (meta-loss and backward, one task,
+    ``steps`` second-order inner steps) in a fresh process: what the step really holds,
+    recomputation included, which ``saved_mib`` cannot see inside checkpointed steps."""
+    argv = ["--worker", str(int(checkpoint)), str(steps), str(shots), ",".join(map(str, widths))]
+    proc = subprocess.run(
+        [sys.executable, "-m", "cmlearn.bench_resnet", *argv],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"resnet12 memory worker failed: {proc.stderr.strip()[-300:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["growth_mib"]
+
+
+def _worker(checkpoint: bool, steps: int, shots: int, widths: tuple[int, ...]) -> None:
+    from cmlearn.bench_graph import status_kib
+
+    torch.set_num_threads(1)
+    net = network(True, widths)
+    objective = engine(net, "cml", "loop", steps, checkpoint)
+    data = batch(1, seed=1, shots=shots)
+    with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark
+        f.write("5")
+    before = status_kib("VmRSS")
+    objective(data).backward()
+    print(json.dumps({"growth_mib": (status_kib("VmHWM") - before) / 1024}))
+
+
 def timed(
     variants: dict[str, tuple[Callable[[TaskBatch], Tensor], Cooperative]],
     data: TaskBatch,
@@ -267,6 +304,12 @@ def bench(
                     name = "maml" if mode == "none" else "cml"
                     memory[f"{impl}/{name}/steps{steps}"] = mib
         per_task = memory["engine/cml/steps5"]
+        log("resnet12: peak memory of a CML step, 5 inner steps, with and without checkpoints")
+        peak = {
+            f"shots{k}/{name}": peak_step_mib(name == "checkpoint", 5, k, widths)
+            for k in (1, 5)
+            for name in ("plain", "checkpoint")
+        }
         log("resnet12: FLOP ratio and convolution paths")
         floor = flop_ratio(widths)
         paths = conv_paths(1 if quick else 5, log, conv_shapes)
@@ -291,6 +334,10 @@ def bench(
             "best_strategy": best,
             "ratios": ratios,
             "memory_mib_per_task": memory,
+            "peak_mib_cml_5_steps": peak,
+            "checkpoint_memory_ratio": {
+                f"shots{k}": peak[f"shots{k}/checkpoint"] / peak[f"shots{k}/plain"] for k in (1, 5)
+            },
             "flop_ratio_cml_over_maml": floor,
             "conv_paths": paths,
             "budget_mib": BUDGET_MIB,
@@ -301,7 +348,8 @@ def bench(
 
 
 if __name__ == "__main__":
-    import json
-    import sys
-
-    print(json.dumps(bench("--quick" in sys.argv, log=print), indent=1))
+    if sys.argv[1:2] == ["--worker"]:
+        ckpt, steps, shots, widths = sys.argv[2:6]
+        _worker(ckpt == "1", int(steps), int(shots), tuple(map(int, widths.split(","))))
+    else:
+        print(json.dumps(bench("--quick" in sys.argv, log=print), indent=1))

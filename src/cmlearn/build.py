@@ -57,6 +57,11 @@ def build_learner(cfg: Config, source: TaskSource, device: torch.device | None =
         net = Cooperative(model, colearner, cfg.colearner.point).to(device)
     except ValueError as err:
         raise CmlearnError(str(err)) from None
+    if cfg.inner.checkpoint and any(n.endswith("running_mean") for n, _ in net.named_buffers()):
+        raise CmlearnError(
+            "inner.checkpoint recomputes every inner step, which would update BatchNorm's "
+            "running statistics twice; use model.bn=transductive or inner.checkpoint=false"
+        )
     learner = Learner.create(net, cfg.inner, spec, source.loss, resolve_strategy(cfg, net))
     rows = learner.rows()
     if rows is not None and rows != cfg.inner.steps:

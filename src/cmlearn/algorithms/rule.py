@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 Params = dict[str, Tensor]
 LEARN_LR = ("none", "element", "layer-step")
@@ -62,6 +63,9 @@ class InnerRule:
         has BatchNorm.
     sam_rho: Sharp-MAML's inner radius α_low: each training step is a SAM step (``adapt``);
         0 is plain gradient descent. Never used at evaluation.
+    checkpoint: activation checkpointing of the inner loop under second order: each step keeps
+        only its input parameters and is recomputed during the meta-backward, trading about
+        one more support pass per step for the memory of its graph. The same gradient.
     """
 
     steps: int = 1
@@ -76,6 +80,7 @@ class InnerRule:
     adapt_bn: bool = True
     per_step_bn: bool = False
     sam_rho: float = 0.0
+    checkpoint: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= 10_000:
@@ -183,14 +188,22 @@ def adapt(
     ``rule``, so that evaluation (which never uses SAM) cannot pick it up by accident.
     """
     names = list(sizes)
-    trajectory = []
-    for step in range(steps):
+
+    def one_step(params: Params, step: int) -> Params:
         grads = _gradient(loss_fn, params, names, step, first_order)
         if sam_rho > 0:
             grads = _sharpness_gradient(loss_fn, params, names, step, first_order, grads, sam_rho)
         params = dict(params)
         for name, g in zip(names, grads, strict=True):
             params[name] = params[name] - rule.step_size(sizes[name], step) * g
+        return params
+
+    trajectory = []
+    for step in range(steps):
+        if rule.checkpoint and not first_order:  # first order keeps no inner graph anyway
+            params = checkpoint(one_step, params, step, use_reentrant=False)
+        else:
+            params = one_step(params, step)
         trajectory.append(params)
     return trajectory
 
