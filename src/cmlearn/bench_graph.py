@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cmlearn import CmlearnError
+from cmlearn.leaks import fresh_json, status_kib
 
 PRESET = "amazon-2w5s-gmeta"
 GOALS = {"graph_gmeta_speedup": (">=", 10.0), "graph_gmeta_memory_ratio": ("<=", 0.2)}
@@ -136,22 +135,8 @@ def speedup(repeats: int = 3, log: Callable[[str], None] = lambda _: None) -> di
 
 def peak_growth_mib(which: str) -> float:
     """Peak resident memory growth of one meta-step of ``which`` in a fresh process."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "cmlearn.bench_graph", "--worker", which],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        raise CmlearnError(f"graph memory worker failed: {proc.stderr.strip().splitlines()[-1]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["growth_mib"]
-
-
-def status_kib(field: str) -> int:
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise CmlearnError(f"no {field} in /proc/self/status (the memory figure needs Linux)")
+    args = ["-m", "cmlearn.bench_graph", "--worker", which]
+    return fresh_json(args, "graph memory worker", timeout=1800)["growth_mib"]
 
 
 def _worker(which: str) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from torch.func import functional_call
 from cmlearn.algorithms import InnerRule, group_of
 from cmlearn.cml import CoLearnerSpec
 from cmlearn.engine import Learner
+from cmlearn.leaks import fresh_json, status_kib
 from cmlearn.models import Cooperative
 from cmlearn.models.colearner import ResNetHeadOptions, resnet_head
 from cmlearn.models.resnet import WIDTHS, ResNet12
@@ -186,19 +186,11 @@ def peak_step_mib(checkpoint: bool, steps: int, shots: int, widths: tuple[int, .
     ``steps`` second-order inner steps) in a fresh process: what the step really holds,
     recomputation included, which ``saved_mib`` cannot see inside checkpointed steps."""
     argv = ["--worker", str(int(checkpoint)), str(steps), str(shots), ",".join(map(str, widths))]
-    proc = subprocess.run(
-        [sys.executable, "-m", "cmlearn.bench_resnet", *argv],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"resnet12 memory worker failed: {proc.stderr.strip()[-300:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])["growth_mib"]
+    args = ["-m", "cmlearn.bench_resnet", *argv]
+    return fresh_json(args, "resnet12 memory worker", timeout=1800)["growth_mib"]
 
 
 def _worker(checkpoint: bool, steps: int, shots: int, widths: tuple[int, ...]) -> None:
-    from cmlearn.bench_graph import status_kib
 
     torch.set_num_threads(1)
     net = network(True, widths)

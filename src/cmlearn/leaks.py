@@ -69,12 +69,29 @@ def memory_growth(name: str, marks: tuple[int, int] = (200, 2000), leak_kib: int
         "print(json.dumps(_measure(sys.argv[1], (int(sys.argv[2]), int(sys.argv[3])), "
         "int(sys.argv[4]))))"
     )
-    argv = [sys.executable, "-c", code, name, *map(str, marks), str(leak_kib)]
-    done = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy())
+    return fresh_json(["-c", code, name, *map(str, marks), str(leak_kib)], f"leak check {name}")
+
+
+def fresh_json(args: list[str], what: str, timeout: float | None = None) -> dict:
+    """Run ``python *args`` in a fresh process (memory figures must not inherit this
+    process's heap) and return the JSON object its last output line prints; a failure is
+    one line naming ``what``."""
+    done = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=os.environ.copy(),
+        timeout=timeout,
+    )  # fmt: skip
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or ["no output"]
-        raise CmlearnError(f"leak check {name} failed: {lines[-1]}")
+        raise CmlearnError(f"{what} failed: {lines[-1]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (``VmRSS``, ``VmHWM``: Linux only)."""
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise CmlearnError(f"no {field} in /proc/self/status (the memory figure needs Linux)")
 
 
 def _measure(name: str, marks: tuple[int, int], leak_kib: int) -> dict:
