@@ -174,6 +174,9 @@ def test_compare_scores_a_cl_run_three_ways_as_table_4(cli, tmp_path):
     assert len(set(means.values())) == 4
     text = cli(*args).stdout
     assert "†-unadapted rows: CL† with ϕ not adapted" in text
+    # Eq. 9's CL† (--dagger paper) never adapts ϕ itself: no second row to tell apart
+    paper = json.loads(cli(*args, "--json", "--dagger", "paper").stdout)
+    assert [r["method"] for r in paper["summary"]] == ["maml", "cl", "cl†"]
 
 
 def test_demo_writes_table_and_plots(cli, tmp_path):

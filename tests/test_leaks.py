@@ -3,6 +3,9 @@ real training run must not grow between two late marks, and an injected leak is 
 
 from __future__ import annotations
 
+import pytest
+
+from cmlearn import CmlearnError
 from cmlearn.leaks import BOUND_MIB, memory_growth
 from tests.conftest import needs_omniglot
 
@@ -26,3 +29,16 @@ def test_conv4_training_does_not_grow():
 def test_an_injected_leak_is_caught():
     result = memory_growth("sinusoid", (100, 600), leak_kib=128)  # as a kept tensor would
     assert not result["ok"] and result["growth_mib"] > 4 * BOUND_MIB, result
+
+
+def test_a_fresh_process_worker_fails_in_one_line():
+    from cmlearn.leaks import fresh_json
+
+    assert fresh_json(["-c", "print('noise'); print('{\"a\": 1}')"], "w") == {"a": 1}
+    for args, message in (
+        (["-c", "pass"], "w failed: no JSON line"),
+        (["-c", "raise SystemExit('broken worker')"], "w failed: broken worker"),
+        (["-c", "import time; time.sleep(30)"], "w failed: no result after 1 s"),
+    ):
+        with pytest.raises(CmlearnError, match=message):
+            fresh_json(args, "w", timeout=1)

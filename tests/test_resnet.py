@@ -326,6 +326,7 @@ def test_only_wide_cpu_convolutions_at_few_output_pixels_take_the_matmul_path(mo
         out = wide(x)
         assert bool(calls) is expected, side
         torch.testing.assert_close(out, F.conv2d(x, wide.weight, wide.bias, padding=1))
+    assert wide(torch.randn(0, 256, 2, 2)).shape == (0, 2, 2, 2)  # an empty batch too
     calls.clear()
     narrow(torch.randn(2, 255, 2, 2))
     Conv2d(256, 2, 3, padding=1, groups=2)(torch.randn(2, 256, 2, 2))
@@ -393,5 +394,6 @@ def test_checkpointing_refuses_running_batchnorm_statistics():
     class Source:
         input_shape, out_features, loss = (1, 16, 16), 5, "ce"
 
-    with pytest.raises(CmlearnError, match="running statistics twice"):
+    with pytest.raises(CmlearnError, match="running statistics of model.body.block1.bn1 more"):
         build_learner(cfg, Source())
+    build_learner(cfg.apply([("inner.first_order", True)]), Source())  # nothing is recomputed

@@ -57,10 +57,12 @@ def build_learner(cfg: Config, source: TaskSource, device: torch.device | None =
         net = Cooperative(model, colearner, cfg.colearner.point).to(device)
     except ValueError as err:
         raise CmlearnError(str(err)) from None
-    if cfg.inner.checkpoint and any(n.endswith("running_mean") for n, _ in net.named_buffers()):
+    running = [n for n, _ in net.named_buffers() if n.endswith("running_mean")]
+    if cfg.inner.checkpoint and not cfg.inner.first_order and running:
         raise CmlearnError(
-            "inner.checkpoint recomputes every inner step, which would update BatchNorm's "
-            "running statistics twice; use model.bn=transductive or inner.checkpoint=false"
+            f"inner.checkpoint recomputes every inner step, which would update the running "
+            f"statistics of {running[0].rsplit('.', 1)[0]} more than once; use transductive "
+            "BatchNorm there (model.bn / colearner.head.options.bn) or inner.checkpoint=false"
         )
     learner = Learner.create(net, cfg.inner, spec, source.loss, resolve_strategy(cfg, net))
     rows = learner.rows()

@@ -111,7 +111,8 @@ def compare(
         modes = {method.name: "cml"}
         if dagger != "none" and not tlp and method.colearner in ("cml", "cl"):
             modes[method.name + "†"] = DAGGER[dagger]  # CML† (CL†): the co-learner's output
-            if method.colearner == "cl":  # Table 4's "CL† w/o adaptation"
+            if method.colearner == "cl" and dagger == "code":  # Table 4's "CL† w/o adaptation"
+                # (--dagger paper's CL† adapts ψ alone with ϕ's loss: ϕ is never adapted there)
                 modes[method.name + UNADAPTED] = "cml-dagger-unadapted"
         rows += [(name, method) for name in modes]
         for seed in seeds:

@@ -32,46 +32,57 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 
 @contextmanager
+def _protected() -> Iterator[None]:
+    """Mark a write in progress: a second Ctrl-C waits for it (``writing``)."""
+    global _writing
+    _writing += 1
+    try:
+        yield
+    finally:
+        _writing -= 1
+
+
+@contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary file beside ``path`` for the block to write by any means (a memory map, a
     stream); once the block ends without error it is fsynced and renamed over ``path``.
 
     On any failure the temporary file is removed and ``path`` keeps its previous content; an
-    ``OSError`` (disk full, unwritable folder) becomes a one-line ``CmlearnError``.
+    ``OSError`` (disk full, unwritable folder) becomes a one-line ``CmlearnError``. Only the
+    fsync and rename count as a write in progress: the block may be a long decode.
     """
-    global _writing
     path = Path(path)
-    _writing += 1
     try:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise CmlearnError(f"cannot write {path}: {err.strerror or err}") from None
+    tmp = Path(name)
+    try:
+        yield tmp  # mkstemp's 0600: the owner may write whatever the umask
+        with _protected():
             umask = os.umask(0)
             os.umask(umask)
-            os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a cache is for every user
-            os.close(fd)
-        except OSError as err:
-            raise CmlearnError(f"cannot write {path}: {err.strerror or err}") from None
-        tmp = Path(name)
-        try:
-            yield tmp
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~umask)  # a cache is for every user
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise CmlearnError(f"cannot write {path}: {err.strerror or err}") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    finally:
-        _writing -= 1
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise CmlearnError(f"cannot write {path}: {err.strerror or err}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``
-    (``atomic_path``'s guarantees)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    (``atomic_path``'s guarantees); the whole write counts as one in progress."""
+    with _protected(), atomic_path(path) as tmp, open(tmp, "wb") as f:
         write(f)
 
 

@@ -76,14 +76,20 @@ def fresh_json(args: list[str], what: str, timeout: float | None = None) -> dict
     """Run ``python *args`` in a fresh process (memory figures must not inherit this
     process's heap) and return the JSON object its last output line prints; a failure is
     one line naming ``what``."""
-    done = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, env=os.environ.copy(),
-        timeout=timeout,
-    )  # fmt: skip
+    try:
+        done = subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True, env=os.environ.copy(),
+            timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise CmlearnError(f"{what} failed: no result after {timeout:g} s") from None
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or ["no output"]
         raise CmlearnError(f"{what} failed: {lines[-1]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise CmlearnError(f"{what} failed: no JSON line in its output") from None
 
 
 def status_kib(field: str) -> int:

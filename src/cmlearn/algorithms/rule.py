@@ -64,8 +64,10 @@ class InnerRule:
     sam_rho: Sharp-MAML's inner radius α_low: each training step is a SAM step (``adapt``);
         0 is plain gradient descent. Never used at evaluation.
     checkpoint: activation checkpointing of the inner loop under second order: each step keeps
-        only its input parameters and is recomputed during the meta-backward, trading about
-        one more support pass per step for the memory of its graph. The same gradient.
+        only its input parameters and is recomputed, trading compute for the memory of its
+        graph. The same gradient. It costs about two more support passes per step (three with
+        the inner SAM): the step's own ``autograd.grad`` already needs the discarded
+        activations, so they are recomputed once in the forward and once in the meta-backward.
     """
 
     steps: int = 1
