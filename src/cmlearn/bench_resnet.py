@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -130,9 +129,13 @@ def second_order_step(
 
 
 def conv_paths(
-    repeats: int, log: Callable[[str], None], shapes: tuple[tuple[int, int], ...] = CONV_SHAPES
+    repeats: int,
+    log: Callable[[str], None],
+    shapes: tuple[tuple[int, int], ...] = CONV_SHAPES,
+    threads: int = 1,
 ) -> dict[str, dict[str, Any]]:
     """Median CPU seconds of a second-order 5-way 1-shot step of one 3×3 layer, both paths."""
+    from cmlearn.bench import Variant, time_interleaved
     from cmlearn.models.layers import Conv2d, matmul_conv2d
 
     out = {}
@@ -146,14 +149,15 @@ def conv_paths(
             "matmul": lambda x, w, conv=conv: matmul_conv2d(x, w, None, conv),
         }
 
-        times: dict[str, list[float]] = {n: [] for n in paths}
-        for r in range(repeats + 1):  # the first round warms up
-            for name in paths if r % 2 == 0 else list(paths)[::-1]:
-                start = time.process_time()
-                second_order_step(paths[name], conv.weight, support, query)
-                if r:
-                    times[name].append(time.process_time() - start)
-        med = {n: statistics.median(v) for n, v in times.items()}
+        cpu: dict[str, list[float]] = {}
+        variants = [
+            Variant(
+                name, partial(second_order_step, f, conv.weight, support, query), 1, {}, threads
+            )
+            for name, f in paths.items()
+        ]
+        time_interleaved(variants, 1, repeats, 1, cpu)
+        med = {n: statistics.median(v) for n, v in cpu.items()}
         key = f"{side}x{side}x{channels}"
         out[key] = {
             "onednn_s": med["onednn"],
@@ -203,35 +207,25 @@ def _worker(checkpoint: bool, steps: int, shots: int, widths: tuple[int, ...]) -
     print(json.dumps({"growth_mib": (status_kib("VmHWM") - before) / 1024}))
 
 
-def timed(
-    variants: dict[str, tuple[Callable[[TaskBatch], Tensor], Cooperative]],
-    data: TaskBatch,
-    repeats: int,
-    log: Callable[[str], None],
-    cpu: dict[str, list[float]],
-) -> dict[str, list[float]]:
-    """Seconds per meta-step (forward + backward), interleaved, alternating the order;
-    ``cpu`` receives the process CPU seconds too (at one thread: the work done, without the
-    time other processes held the core, so it is the figure to trust on a shared machine)."""
-    names = list(variants)
-    for name in names:  # warm-up
-        objective, net = variants[name]
+def _ratios(med: dict[str, float], best: str) -> dict[str, float]:
+    """The timed ratios of the module docstring from median seconds per step."""
+    ratios = {
+        "cml_overhead_resnet12": med[f"engine-{best}/cml"] / med[f"engine-{best}/maml"],
+        "cml_overhead_resnet12_reference": med["reference/cml"] / med["reference/maml"],
+    }
+    for s in ("loop", "vmap"):
+        ratios[f"resnet12_engine_speedup_{s}"] = med["reference/maml"] / med[f"engine-{s}/maml"]
+    return ratios
+
+
+def _meta_step(objective: Callable[[TaskBatch], Tensor], net: Cooperative, data: TaskBatch):
+    """One timed meta-step: the meta-loss, its backward, the gradients dropped."""
+
+    def step() -> None:
         objective(data).backward()
         net.zero_grad(set_to_none=True)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            objective, net = variants[name]
-            start, start_cpu = time.perf_counter(), time.process_time()
-            objective(data).backward()
-            times[name].append(time.perf_counter() - start)
-            cpu.setdefault(name, []).append(time.process_time() - start_cpu)
-            net.zero_grad(set_to_none=True)
-        log(
-            f"resnet12 repeat {r + 1}/{repeats}: "
-            + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in names)
-        )
-    return times
+
+    return step
 
 
 def bench(
@@ -243,7 +237,7 @@ def bench(
 ) -> dict[str, Any]:
     """Every figure of the module docstring (``widths``, ``conv_shapes``: smaller work for the
     tests)."""
-    from cmlearn.bench import saved_mib
+    from cmlearn.bench import Variant, saved_mib, time_interleaved
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -262,25 +256,19 @@ def bench(
             base = losses["engine-loop/" + name.rsplit("/", 1)[1]]
             if abs(value - base) > 1e-4 * max(1.0, abs(base)):
                 raise RuntimeError(f"resnet12 meta-losses differ: {name} {value} vs {base}")
+        # interleaved repeats, one meta-step each, after one warm-up step per variant; CPU
+        # time at one thread is the work done without the time other processes held the core
         cpu: dict[str, list[float]] = {}
-        times = timed(variants, data, repeats, log, cpu)
+        steps = [
+            Variant(name, _meta_step(obj, net, data), n_tasks, {}, threads, steps=1)
+            for name, (obj, net) in variants.items()
+        ]
+        times = time_interleaved(steps, 1, repeats, 1, cpu)
         med = {k: statistics.median(v) for k, v in times.items()}
         med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
+        log("resnet12 median s per step: " + ", ".join(f"{k} {v:.2f}" for k, v in med.items()))
         best = min(("loop", "vmap"), key=lambda s: med[f"engine-{s}/maml"])
-        ratios = {
-            "cml_overhead_resnet12": med[f"engine-{best}/cml"] / med[f"engine-{best}/maml"],
-            "cml_overhead_resnet12_reference": med["reference/cml"] / med["reference/maml"],
-        }
-        for s in ("loop", "vmap"):
-            ratios[f"resnet12_engine_speedup_{s}"] = med["reference/maml"] / med[f"engine-{s}/maml"]
-        ratios_cpu = {  # the same ratios from process CPU time
-            "cml_overhead_resnet12": med_cpu[f"engine-{best}/cml"] / med_cpu[f"engine-{best}/maml"],
-            "cml_overhead_resnet12_reference": med_cpu["reference/cml"] / med_cpu["reference/maml"],
-        }
-        for s in ("loop", "vmap"):
-            ratios_cpu[f"resnet12_engine_speedup_{s}"] = (
-                med_cpu["reference/maml"] / med_cpu[f"engine-{s}/maml"]
-            )
+        ratios, ratios_cpu = _ratios(med, best), _ratios(med_cpu, best)
         log("resnet12 memory: MiB saved for backward per task, 1 and 5 inner steps")
         one = batch(1, seed=1)
         memory = {}
@@ -304,7 +292,7 @@ def bench(
         }
         log("resnet12: FLOP ratio and convolution paths")
         floor = flop_ratio(widths)
-        paths = conv_paths(1 if quick else 5, log, conv_shapes)
+        paths = conv_paths(1 if quick else 5, log, conv_shapes, threads)
         return {
             "status": "ok",
             "workload": {
