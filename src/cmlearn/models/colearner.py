@@ -93,17 +93,15 @@ class ConvHeadOptions:
 
 
 @dataclass(frozen=True)
-class ResNetHeadOptions:
-    layers: int = 2  # 3×3 conv layers before the pool (Conv(k) in ResNet's layer style)
-    width: int = 0  # their channels; 0 = the feature map's (640 on ResNet-12)
-    bn: str = "transductive"
+class ResNetHeadOptions(ConvHeadOptions):
+    """``conv``'s options in ResNet's layer style; ``layers`` counts its 3×3 convs."""
+
     pool: str = "avg"  # avg: ResNet's head (global average pool); max: Conv-4's 2×2 max-pool
+    width: int = 0  # the convs' channels; 0 = the feature map's (640 on ResNet-12)
 
     def __post_init__(self) -> None:
-        check(0 <= self.layers <= 8, "colearner.layers must be in [0, 8]")
+        super().__post_init__()
         check(0 <= self.width <= 4096, "colearner.width must be in [0, 4096]")
-        check(self.bn in BN_MODES, f"colearner.bn must be one of {BN_MODES}")
-        check(self.pool in POOLS, f"colearner.pool must be one of {POOLS}")
 
 
 @COLEARNERS.register("mlp", MLPHeadOptions, "ReLU MLP head on vector features")
@@ -118,15 +116,21 @@ def mlp_head(
     return build_colearner(feature_shape, out_features, options.hidden)
 
 
+def _need_map(name: str, feature_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``feature_shape`` if it is a (C, H, W) map, which the ``name`` co-learner reads."""
+    if len(feature_shape) != 3:
+        raise ValueError(
+            f"co-learner {name!r} reads feature maps, but the feature point gives shape "
+            f"{tuple(feature_shape)}; use colearner.head.name=mlp"
+        )
+    return tuple(feature_shape)
+
+
 @COLEARNERS.register("conv", ConvHeadOptions, "Conv(k)+FC head on feature maps (paper App. C)")
 def conv_head(
     options: ConvHeadOptions, feature_shape: tuple[int, ...], out_features: int
 ) -> nn.Module:
-    if len(feature_shape) != 3:
-        raise ValueError(
-            f"co-learner 'conv' reads feature maps, but the feature point gives shape "
-            f"{tuple(feature_shape)}; use colearner.head.name=mlp"
-        )
+    _need_map("conv", feature_shape)
     return build_colearner(
         feature_shape, out_features, conv_layers=options.layers, bn=options.bn, pool=options.pool
     )
@@ -140,12 +144,7 @@ def resnet_head(
 ) -> nn.Module:
     """Conv(k) of ResNet-12's layers (no-bias 3×3 conv → BN → LeakyReLU 0.1) at the map's
     width, then ResNet's head; see the module docstring for why."""
-    if len(feature_shape) != 3:
-        raise ValueError(
-            f"co-learner 'resnet' reads feature maps, but the feature point gives shape "
-            f"{tuple(feature_shape)}; use colearner.head.name=mlp"
-        )
-    c, h, w = feature_shape
+    c, h, w = _need_map("resnet", feature_shape)
     return conv_k_fc(
         c,
         (h, w),
