@@ -19,6 +19,7 @@ from cmlearn.build import build_learner
 from cmlearn.cli import main
 from cmlearn.config import Config
 from cmlearn.data.graphs import Graph, NodeDataset, class_split, process
+from cmlearn.models.graph import DENSE_FROM
 from cmlearn.presets import get_preset
 from cmlearn.tasks import NodeTaskSource, generator
 from cmlearn.train import make_optimizer, outer_step, train
@@ -98,6 +99,7 @@ def test_embedding_equals_the_dense_gcn(model: str, readout: str, density: float
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     if model == "gmeta":  # raw features: both kinds of Z are exercised (P = ÂX is denser)
         assert isinstance(encoder.plan(nodes).rows, Tensor) == (density > 0.1)
+        assert isinstance(encoder.ops.features, np.ndarray) == (density > DENSE_FROM)
     # and W1's gradient (through Zᵀ·G when Z is sparse)
     got.sum().backward()
     w1 = encoder.lin1.weight

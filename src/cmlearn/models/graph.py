@@ -47,6 +47,7 @@ READOUTS = ("node", "subgraph")
 INITS = ("tlp", "torch")
 BALL_BYTES = 256 * 2**20  # 2-hop subgraphs kept (all of CiteSeer's; Amazon's most-drawn)
 PLAN_BYTES = 512 * 2**20  # plans kept (fixed validation tasks reuse theirs at every round)
+DENSE_FROM = 0.25  # a matrix this full is kept dense: rows are then sliced by one memcpy
 
 
 class Propagation:
@@ -113,13 +114,13 @@ class GraphOperators:
 
     def __init__(self, graph: Graph, need_propagated: bool) -> None:
         self.adjacency = _csr(graph.adjacency)
-        self.features = _csr(graph.features)
+        self.features = _dense_if_full(_csr(graph.features))  # Amazon-Computer's: 35 % full
         self.propagated = None
         self._balls: dict[int, Ball] = {}
         self._ball_bytes = 0
         if need_propagated:  # P = ÂX once; dense where it is dense (Amazon-Computer: 90 %)
-            p = (self.adjacency @ self.features).tocsr()
-            self.propagated = p.toarray() if p.nnz > 0.25 * np.prod(p.shape) else p
+            p = self.adjacency @ self.features  # dense if the features are
+            self.propagated = p if isinstance(p, np.ndarray) else _dense_if_full(p.tocsr())
 
     def plan(self, nodes: np.ndarray, readout: str) -> Plan:
         return self._subgraphs(nodes) if readout == "subgraph" else self._full(nodes)
@@ -186,17 +187,24 @@ def _csr(t: Tensor) -> sp.csr_matrix:
     return sp.csr_matrix((t.values().numpy(), (i[0], i[1])), shape=tuple(t.shape))
 
 
+def _dense_if_full(m: sp.csr_matrix) -> np.ndarray | sp.csr_matrix:
+    return m.toarray() if m.nnz > DENSE_FROM * np.prod(m.shape) else m
+
+
 def _rows(matrix: np.ndarray | sp.csr_matrix, rows: np.ndarray) -> Tensor | Propagation:
     """Z = ``matrix[rows]``: sparse when under 10 % full (``Z @ W1ᵀ`` then costs its non-zeros,
     and W1's gradient Zᵀ·G too), else dense."""
     part = matrix[rows]
     if isinstance(part, sp.csr_matrix) and part.nnz < 0.1 * np.prod(part.shape):
         return Propagation(part)
-    return _dense(matrix, rows)
+    return _as_tensor(part)
 
 
 def _dense(matrix: np.ndarray | sp.csr_matrix, rows: np.ndarray) -> Tensor:
-    part = matrix[rows]
+    return _as_tensor(matrix[rows])
+
+
+def _as_tensor(part: np.ndarray | sp.csr_matrix) -> Tensor:
     return torch.from_numpy(
         np.ascontiguousarray(
             part if isinstance(part, np.ndarray) else part.toarray(), dtype=np.float32
