@@ -90,6 +90,18 @@ def tiny_results() -> bench.Results:
     return bench.Results(bench.Plan(1, 0, dict.fromkeys(bench.QUICK_STEPS, 1)))
 
 
+def test_paired_ratio_is_the_median_of_per_repeat_ratios() -> None:
+    res = tiny_results()
+    res.rows = [
+        {"name": "a", "s_per_step_repeats": [1.0, 4.0, 9.0], "cpu_s_per_step_repeats": [2.0] * 3},
+        {"name": "b", "s_per_step_repeats": [1.0, 2.0, 1.0], "cpu_s_per_step_repeats": [4.0] * 3},
+    ]
+    # separate medians would say 4 / 1 = 4; repeat by repeat the ratios are 1, 2 and 9
+    assert res.paired("a", "b") == 2.0
+    assert res.paired("a", "b", "cpu") == 0.5
+    assert res.paired("b", "a") == 0.5
+
+
 def positive(value: object) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
@@ -104,6 +116,8 @@ def test_omniglot_benchmarks_report_every_ratio_and_goal(tiny_omniglot, keep_thr
     for key in OMNIGLOT_RATIOS:
         assert positive(res.ratios[key]), (key, res.ratios[key])
         assert positive(section["ratios_by_cpu_time"][key]), key
+    assert len(section["paired_ratios"]) == 4
+    assert all(positive(v) for v in section["paired_ratios"].values())
     for key in GOAL_KEYS:
         entry = res.goals[key]
         assert entry["value"] == res.ratios[key] and isinstance(entry["met"], bool)

@@ -455,6 +455,16 @@ class Results:
         column = "s_per_step" if clock == "wall" else "cpu_s_per_step"
         return next(r[column] for r in self.rows if r["name"] == name)
 
+    def paired(self, numerator: str, denominator: str, clock: str = "wall") -> float:
+        """Median over repeats of ``numerator``'s seconds over ``denominator``'s in the same
+        repeat: the two ran back to back, so a busy spell on a shared machine hits both and
+        cancels, where a ratio of separate medians can pair a quiet repeat with a busy one."""
+        column = "s_per_step_repeats" if clock == "wall" else "cpu_s_per_step_repeats"
+        a, b = (
+            [r[column] for r in self.rows if r["name"] == n][0] for n in (numerator, denominator)
+        )
+        return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
     def mib(self, name: str) -> float:
         return next(m["saved_MiB"] for m in self.memory if m["name"] == name)
 
@@ -987,6 +997,14 @@ def bench_omniglot(
 
     wall, mm_rate, achieved = ratios("wall")
     by_cpu, mm_cpu, achieved_cpu = ratios("cpu")
+    paired = {  # the two same-kernel comparisons, per repeat (see Results.paired)
+        f"{name}_{clock}": res.paired(f"{key}/{a}", f"{key}/{b}", clock)
+        for name, a, b in (
+            ("omniglot_engine_speedup", "reference/maml", maml),
+            ("cml_overhead_omniglot", cml, maml),
+        )
+        for clock in ("wall", "cpu")
+    }
     res.ratios.update(wall)
     omniglot_goals(res)
     return {
@@ -1010,6 +1028,7 @@ def bench_omniglot(
         "achieved_gflop_per_s": {name: x / 1e9 for name, x in achieved.items()},
         "achieved_gflop_per_cpu_s": {name: x / 1e9 for name, x in achieved_cpu.items()},
         "ratios_by_cpu_time": by_cpu,
+        "paired_ratios": paired,
         "per_image_pipeline": PER_IMAGE_NOTE,
     }
 
@@ -1216,6 +1235,8 @@ def omniglot_report(section: dict | None, goals: dict[str, dict]) -> list[str]:
         )
     by_cpu = ", ".join(f"{k} {number(v)}" for k, v in section["ratios_by_cpu_time"].items())
     lines.append(f"  the same ratios by process CPU time: {by_cpu}")
+    paired = ", ".join(f"{k} {number(v)}" for k, v in section["paired_ratios"].items())
+    lines.append(f"  medians of per-repeat ratios: {paired}")
     omniglot = {k: v for k, v in goals.items() if k in GOALS}
     return [*lines, "", "goals (wall-clock medians)", *goal_lines(omniglot)]
 
