@@ -218,3 +218,18 @@ def test_the_ddp_benchmark_is_skipped_without_omniglot(tmp_path):
 
     result = ddp_2proc_speedup(data_root=tmp_path)
     assert result["status"] == "skipped" and "images_background.zip" in result["note"]
+
+
+def test_the_ddp_benchmark_times_the_all_reduce_under_the_step_being_timed():
+    from cmlearn.bench_ddp import _timed
+
+    calls = []
+    into: dict[str, list[float]] = {"maml": [], "cml": []}
+    timing = {"mode": "cml"}
+    reduce = _timed(lambda *a, **k: calls.append((a, k)) or "summed", into, timing)
+    assert reduce([1], stats=[2.0]) == "summed" and calls == [(([1],), {"stats": [2.0]})]
+    timing["mode"] = "maml"
+    with pytest.raises(ZeroDivisionError):  # a failing reduce is still timed, and re-raised
+        _timed(lambda: 1 / 0, into, timing)()
+    assert len(into["cml"]) == 1 and len(into["maml"]) == 1
+    assert all(t >= 0 for t in into["cml"] + into["maml"])

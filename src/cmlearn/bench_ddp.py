@@ -8,7 +8,9 @@ cores) and CML's step-time overhead over MAML in each setting. Each setting runs
 processes (``python -m cmlearn.bench_ddp --worker``); only the timed steps count, not start-up
 or data loading, and the settings alternate repeat by repeat so that drift on a shared machine
 hits both. Other processes using the cores make the ratio meaningless: the result carries
-their CPU share (``other_processes_cpu_share``) to say so.
+their CPU share (``other_processes_cpu_share``) to say so. Where the time goes: the ceiling
+(two independent processes on half the meta-batch each, no communication) and each rank's
+seconds inside the all-reduce (``allreduce_s_per_step``, ``allreduce_share``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def ddp_2proc_speedup(
     if missing:
         return {"status": "skipped", "note": f"DDP benchmark skipped: no {missing[0]}"}
     times: dict[int, list[dict[str, float]]] = {1: [], 2: [], 0: []}  # 0: 2 independent
+    reduce_s: list[list[dict[str, float]]] = [[], []]  # per rank: seconds inside the all-reduce
     start, busy, ours = time.perf_counter(), busy_cpu_s(), _children_cpu_s()
     with tempfile.TemporaryDirectory(prefix="cmlearn-ddp-") as tmp:
         for r in range(repeats):
@@ -67,6 +70,9 @@ def ddp_2proc_speedup(
                 if world:
                     _launch(world, spec, limit_s)
                     times[world].append(json.loads(out.read_text()))
+                    for rank in range(world if world > 1 else 0):
+                        rank_out = out.with_suffix(f".rank{rank}.json")
+                        reduce_s[rank].append(json.loads(rank_out.read_text()))
                 else:
                     times[0].append(_launch_independent(spec, limit_s))
     wall = time.perf_counter() - start
@@ -88,6 +94,16 @@ def ddp_2proc_speedup(
         "ddp_2proc_ceiling": ceiling,
         "ddp_efficiency": speedup / ceiling,
         "cml_overhead_ddp": median[2]["cml"] / median[2]["maml"],
+        # each rank's median seconds per step inside the all-reduce, and its share of the step:
+        # the faster rank waits there for the slower one, so a large share on one rank is
+        # imbalance, a large share on both is communication
+        "allreduce_s_per_step": [
+            {m: statistics.median(t[m] for t in per_rank) for m in MODES} for per_rank in reduce_s
+        ],
+        "allreduce_share": [
+            statistics.median(t["maml"] for t in per_rank) / median[2]["maml"]
+            for per_rank in reduce_s
+        ],
         "cml_overhead_1proc": median[1]["cml"] / median[1]["maml"],
         "goal": {"value": speedup, "goal": f">= {GOAL}", "met": speedup >= GOAL},
         "wall_s": round(wall, 1),
@@ -177,14 +193,36 @@ def _worker(spec_path: Path) -> None:
             for mode in MODES:
                 stepping[mode]()
         seconds: dict[str, list[float]] = {m: [] for m in MODES}
+        reducing: dict[str, list[float]] = {m: [] for m in MODES}  # inside the all-reduce
+        timing = {"mode": ""}
+        if dist.active:
+            dist.reduce = _timed(dist.reduce, reducing, timing)
         for i in range(spec["steps"]):
             for mode in MODES if i % 2 == 0 else MODES[::-1]:
+                timing["mode"] = mode
                 t0 = time.perf_counter()
                 stepping[mode]()  # ends in the all-reduce: every rank has finished the step
                 seconds[mode].append(time.perf_counter() - t0)
+        if dist.active:  # each rank: how long it sat in the all-reduce (waiting + sending)
+            rank_out = Path(spec["out"]).with_suffix(f".rank{dist.rank}.json")
+            rank_out.write_text(json.dumps({m: statistics.median(s) for m, s in reducing.items()}))
         if dist.main:
             result = {m: statistics.median(s) for m, s in seconds.items()}
             Path(spec["out"]).write_text(json.dumps(result))
+
+
+def _timed(reduce: Callable, into: dict[str, list[float]], timing: dict[str, str]) -> Callable:
+    """``reduce`` that also adds its seconds to ``into[timing["mode"]]``: on the faster rank
+    that is mostly waiting for the slower one, on the slower rank the communication itself."""
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return reduce(*args, **kwargs)
+        finally:
+            into[timing["mode"]].append(time.perf_counter() - t0)
+
+    return timed
 
 
 def main(argv: list[str] | None = None) -> int:
