@@ -118,6 +118,9 @@ def test_omniglot_benchmarks_report_every_ratio_and_goal(tiny_omniglot, keep_thr
         assert positive(section["ratios_by_cpu_time"][key]), key
     assert len(section["paired_ratios"]) == 4
     assert all(positive(v) for v in section["paired_ratios"].values())
+    assert all(positive(v) for v in section["kernel_share"].values())
+    assert abs(sum(section["kernel_share"].values()) - 1) < 1e-9
+    assert 0 < section["flop_efficiency_bound"] < 1
     for key in GOAL_KEYS:
         entry = res.goals[key]
         assert entry["value"] == res.ratios[key] and isinstance(entry["met"], bool)

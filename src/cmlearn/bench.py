@@ -379,6 +379,28 @@ def op_calls(step: Callable[[], object]) -> dict[str, Any]:
     return {"total": sum(calls.values()), "by_op": dict(calls.most_common())}
 
 
+CONV_KERNELS = ("convolution",)  # aten ops whose self time is convolution arithmetic
+
+
+def kernel_split(step: Callable[[], object], steps: int = 2) -> dict[str, float]:
+    """The shares of a ``step``'s kernel time spent in convolutions and in everything else
+    (BatchNorm, pooling, ReLU, element-wise ops, autograd bookkeeping), by the profiler's self
+    time of every op. Shares, not seconds: the profiler's clock is the wall's, which another
+    process on the core inflates, so callers scale them by a CPU-time measurement. The
+    profiler adds a few microseconds per op to ``other``."""
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    conv = other = 0.0
+    for e in prof.key_averages():
+        if any(k in e.key for k in CONV_KERNELS):
+            conv += e.self_cpu_time_total
+        else:
+            other += e.self_cpu_time_total
+    return {"conv": conv / (conv + other), "other": other / (conv + other)}
+
+
 @dataclass(frozen=True)
 class Plan:
     """How long to time: repeats, warm-up steps, and meta-steps per repeat per workload."""
@@ -935,6 +957,7 @@ def bench_omniglot(
     flops = {
         name: meta_step_flops(obj, list(net.parameters())) for name, (obj, net, _) in meta.items()
     }
+    split = kernel_split(meta_step(meta[maml][0], Setup(setup.maml.net, batch, "ce")))
     variants = [
         Variant(
             f"{key}/{name}",
@@ -997,6 +1020,8 @@ def bench_omniglot(
 
     wall, mm_rate, achieved = ratios("wall")
     by_cpu, mm_cpu, achieved_cpu = ratios("cpu")
+    ideal_conv_s = flops[maml]["total"] / mm_cpu  # every counted FLOP at the matmul's rate
+    other_s = split["other"] * res.per_step(f"{key}/{maml}", "cpu")  # the rest, as it is
     paired = {  # the two same-kernel comparisons, per repeat (see Results.paired)
         f"{name}_{clock}": res.paired(f"{key}/{a}", f"{key}/{b}", clock)
         for name, a, b in (
@@ -1029,6 +1054,10 @@ def bench_omniglot(
         "achieved_gflop_per_cpu_s": {name: x / 1e9 for name, x in achieved_cpu.items()},
         "ratios_by_cpu_time": by_cpu,
         "paired_ratios": paired,
+        # the FLOP efficiency the engine's step would reach if every convolution ran at the
+        # matmul's FLOP/s and all other kernels took the time they take now
+        "kernel_share": split,
+        "flop_efficiency_bound": ideal_conv_s / (ideal_conv_s + other_s),
         "per_image_pipeline": PER_IMAGE_NOTE,
     }
 
@@ -1237,6 +1266,12 @@ def omniglot_report(section: dict | None, goals: dict[str, dict]) -> list[str]:
     lines.append(f"  the same ratios by process CPU time: {by_cpu}")
     paired = ", ".join(f"{k} {number(v)}" for k, v in section["paired_ratios"].items())
     lines.append(f"  medians of per-repeat ratios: {paired}")
+    share = section["kernel_share"]
+    lines.append(
+        f"  engine step by kernel (profiler): convolutions {share['conv']:.0%}, everything "
+        f"else {share['other']:.0%}; FLOP efficiency if every convolution ran at the matmul's "
+        f"FLOP/s: {section['flop_efficiency_bound']:.2f}"
+    )
     omniglot = {k: v for k, v in goals.items() if k in GOALS}
     return [*lines, "", "goals (wall-clock medians)", *goal_lines(omniglot)]
 
