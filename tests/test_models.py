@@ -93,3 +93,28 @@ def test_running_bn_requires_the_loop_strategy():
     cfg = Config().override(["model.name=conv4", "model.bn=running", "train.strategy=vmap"])
     with pytest.raises(CmlearnError, match="loop"):
         resolve_strategy(cfg, conv_learner(bn="running").net)
+
+
+def test_pooled_blocks_pool_before_the_relu_with_the_same_derivatives_bit_for_bit():
+    """max-pool and ReLU commute: the faster order gives the same meta-gradient, exactly."""
+    batch = image_tasks()
+    fast = conv_learner(mode="cml")
+    slow = conv_learner(mode="cml")  # same seed: same weights; rebuilt in the textbook order
+    swapped = 0
+    for block in slow.net.modules():
+        if isinstance(block, torch.nn.Sequential) and isinstance(block[-1], torch.nn.ReLU):
+            if len(block) == 4 and isinstance(block[2], torch.nn.MaxPool2d):
+                block[2], block[3] = block[3], block[2]
+                swapped += 1
+    assert swapped == 2  # conv1 of the body and the co-learner's pooled block
+    for learner in (fast, slow):
+        loss, _ = learner.meta_objective(batch)
+        loss.backward()
+    for p, q in zip(fast.net.parameters(), slow.net.parameters(), strict=True):
+        assert torch.equal(p.grad, q.grad)
+    x = batch.query_x[0][:2].clone().requires_grad_()
+    outs = [learner.net.model(x).square().sum() for learner in (fast, slow)]
+    g = [torch.autograd.grad(o, x, create_graph=True)[0] for o in outs]
+    assert torch.equal(g[0], g[1])
+    gg = [torch.autograd.grad(gi.square().sum(), x)[0] for gi in g]
+    assert torch.equal(gg[0], gg[1])
