@@ -50,3 +50,48 @@ def test_test_tasks_are_fixed_and_prefix_stable(monkeypatch):
         5,
         1,
     ]
+
+
+def test_run_scores_are_cached_by_everything_they_depend_on(tmp_path, monkeypatch):
+    import cmlearn.evaluate as ev
+    from cmlearn.build import build_source
+    from cmlearn.cli import main
+    from cmlearn.runs import MODEL, load_run
+    from cmlearn.runtime import Runtime
+
+    run = tmp_path / "run"
+    fast = ["--set", "model.hidden=8,8", "--set", "train.val_tasks=5", "--set", "train.val_every=5"]
+    assert main(["train", "--preset", "sinusoid-5shot-cpu", "--steps", "5", "--out", str(run),
+                 "--colearner", "cml", "--quiet", *fast]) == 0  # fmt: skip
+    cfg, learner = load_run(run)
+    source = build_source(cfg, Runtime())
+    plain = ev.run_scores  # the uncached scorer, counted from here on
+    calls = []
+    monkeypatch.setattr(ev, "run_scores", lambda *a: calls.append(a) or plain(*a))
+
+    def scored(seed: int = 7, mode: str = "cml", learner=learner) -> np.ndarray:
+        tasks = fixed_tasks(source, 12, seed, "test")
+        return ev.cached_run_scores(run, cfg, learner, tasks, "mse", mode, 0, 4)
+
+    first = scored()
+    assert len(calls) == 1 and len(list((run / ev.SCORES).glob("*.npy"))) == 1
+    assert np.array_equal(scored(), first) and len(calls) == 1  # read back, not rescored
+    assert np.array_equal(first, plain(run, cfg, learner, fixed_tasks(source, 12, 7, "test"),
+                                       "mse", "cml", 0, 4))  # fmt: skip
+    scored(seed=8)  # other tasks
+    scored(mode="cml-dagger")  # another evaluation mode
+    assert len(calls) == 3
+    # a changed checkpoint misses, even with the same configuration
+    state = torch.load(run / MODEL, weights_only=True)
+    key = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][key] = state["model"][key] + 1.0
+    torch.save(state, run / MODEL)
+    _, changed = load_run(run)
+    assert not np.array_equal(scored(learner=changed), first) and len(calls) == 4
+    # a damaged entry is scored again and replaced
+    for entry in (run / ev.SCORES).glob("*.npy"):
+        entry.write_bytes(entry.read_bytes()[:20])
+    assert np.array_equal(scored(learner=changed), scored(learner=changed)) and len(calls) == 5
+    # a folder that cannot be written still gets its scores
+    monkeypatch.setattr(ev, "atomic_path", lambda _: (_ for _ in ()).throw(OSError("ro")))
+    assert scored(seed=9).shape == (12,) and len(calls) == 6

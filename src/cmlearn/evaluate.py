@@ -7,6 +7,9 @@ logits, for classification) is scored.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -18,8 +21,10 @@ from scipy import stats
 from torch import Tensor
 
 from cmlearn import CmlearnError
+from cmlearn.data.cache import sha256
 from cmlearn.engine import Learner, task_accuracy, task_losses
-from cmlearn.runs import inference_state, learner_device, read_state
+from cmlearn.files import atomic_path
+from cmlearn.runs import COLEARNER, MODEL, inference_state, learner_device, read_state
 from cmlearn.tasks import TaskBatch, TaskSource
 from cmlearn.tasks.batch import generator
 
@@ -28,6 +33,7 @@ if TYPE_CHECKING:
 
 CHUNK = 500  # tasks drawn per generator; fixed, so the tasks depend only on the seed
 TOP = "top-*.pt"  # the top-k validation checkpoints of a run (``eval.ensemble``)
+SCORES = "scores"  # a run folder's cache of per-task test scores (``cached_run_scores``)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -128,6 +134,103 @@ def run_scores(
         return scores(learner, chunks, metric, mode, steps, batch_size)
     members = ensemble_members(run, cfg.eval.ensemble, lower_is_better(metric), learner)
     return ensemble_scores(learner, members, chunks, metric, mode, steps, batch_size)
+
+
+def cached_run_scores(
+    run: Path,
+    cfg: Config,
+    learner: Learner,
+    chunks: list,
+    metric: str,
+    mode: str = "cml",
+    steps: int = 0,
+    batch_size: int = 0,
+) -> np.ndarray:
+    """``run_scores``, kept in ``RUN/scores/`` so that scoring a finished run again (every
+    ``compare`` that reuses it) takes no time.
+
+    The key is a SHA-256 of everything the scores depend on: the configuration and the
+    arguments, the bytes of the checkpoints used, the test tasks' own tensors (so changed data
+    or a changed sampler misses), the torch version and the source of this package (so a
+    changed line of cmlearn misses too). Nothing stale can be read back; a damaged entry is
+    scored again and replaced.
+    """
+    key = _score_key(run, cfg, chunks, metric, mode, steps, batch_size, learner)
+    path = Path(run) / SCORES / f"{key}.npy"
+    try:
+        values = np.load(path, allow_pickle=False)
+        if values.ndim == 1 and values.size == sum(_size(c) for c in chunks):
+            return values
+    except (OSError, ValueError):  # absent, or not a whole array
+        pass
+    values = run_scores(run, cfg, learner, chunks, metric, mode, steps, batch_size)
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, values, allow_pickle=False)
+    except (CmlearnError, OSError):  # a read-only run folder: the scores are still right
+        pass
+    return values
+
+
+def _size(chunk: object) -> int:
+    return chunk.size if isinstance(chunk, _Chunk) else chunk.n_tasks
+
+
+def _score_key(
+    run: Path,
+    cfg: Config,
+    chunks: list,
+    metric: str,
+    mode: str,
+    steps: int,
+    batch_size: int,
+    learner: Learner,
+) -> str:
+    digest = hashlib.sha256()
+    settings = {
+        "config": cfg.to_dict(),
+        "metric": metric,
+        "mode": mode,
+        "steps": steps,
+        "batch": batch_size,
+        "device": str(learner_device(learner)),
+        "torch": torch.__version__,
+        "code": code_digest(),
+    }
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    run = Path(run)
+    names = [MODEL, COLEARNER] + (
+        [p.name for p in sorted(run.glob(TOP))] if cfg.eval.ensemble else []
+    )
+    for name in names:
+        if (run / name).exists():
+            digest.update(f"{name}:{sha256(run / name)}".encode())
+    graphs = {id(g): g for c in chunks if (g := getattr(getattr(c, "source", None), "graph", None))}
+    for graph in graphs.values():  # node tasks hold indices: the data is the graph itself
+        for t in (graph.features.coalesce(), graph.adjacency.coalesce()):
+            _update(digest, t.indices(), t.values())
+        _update(digest, graph.labels)
+    for chunk in chunks:
+        batch = chunk.get() if isinstance(chunk, _Chunk) else chunk
+        _update(digest, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+    return digest.hexdigest()[:32]
+
+
+def _update(digest: hashlib._Hash, *tensors: Tensor) -> None:
+    for t in tensors:
+        digest.update(str((t.dtype, tuple(t.shape))).encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+
+
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 of this package's Python source: any change to cmlearn changes it."""
+    digest = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def ensemble_scores(
