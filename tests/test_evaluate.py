@@ -65,9 +65,9 @@ def test_run_scores_are_cached_by_everything_they_depend_on(tmp_path, monkeypatc
                  "--colearner", "cml", "--quiet", *fast]) == 0  # fmt: skip
     cfg, learner = load_run(run)
     source = build_source(cfg, Runtime())
-    plain = ev.run_scores  # the uncached scorer, counted from here on
+    plain = ev.scores  # the uncached scorer, counted from here on
     calls = []
-    monkeypatch.setattr(ev, "run_scores", lambda *a: calls.append(a) or plain(*a))
+    monkeypatch.setattr(ev, "scores", lambda *a: calls.append(a) or plain(*a))
 
     def scored(seed: int = 7, mode: str = "cml", learner=learner) -> np.ndarray:
         tasks = fixed_tasks(source, 12, seed, "test")
@@ -76,22 +76,27 @@ def test_run_scores_are_cached_by_everything_they_depend_on(tmp_path, monkeypatc
     first = scored()
     assert len(calls) == 1 and len(list((run / ev.SCORES).glob("*.npy"))) == 1
     assert np.array_equal(scored(), first) and len(calls) == 1  # read back, not rescored
-    assert np.array_equal(first, plain(run, cfg, learner, fixed_tasks(source, 12, 7, "test"),
-                                       "mse", "cml", 0, 4))  # fmt: skip
+    assert np.array_equal(first, plain(learner, fixed_tasks(source, 12, 7, "test"), "mse",
+                                       "cml", 0, 4))  # fmt: skip
     scored(seed=8)  # other tasks
     scored(mode="cml-dagger")  # another evaluation mode
     assert len(calls) == 3
-    # a changed checkpoint misses, even with the same configuration
+    # a new model.pt (a training still running) does not change what the loaded learner
+    # scores: its key is the learner's tensors, not the file
     state = torch.load(run / MODEL, weights_only=True)
     key = next(k for k, v in state["model"].items() if v.is_floating_point())
     state["model"][key] = state["model"][key] + 1.0
     torch.save(state, run / MODEL)
-    _, changed = load_run(run)
-    assert not np.array_equal(scored(learner=changed), first) and len(calls) == 4
-    # a damaged entry is scored again and replaced
-    for entry in (run / ev.SCORES).glob("*.npy"):
-        entry.write_bytes(entry.read_bytes()[:20])
-    assert np.array_equal(scored(learner=changed), scored(learner=changed)) and len(calls) == 5
+    assert np.array_equal(scored(), first) and len(calls) == 3
+    _, changed = load_run(run)  # and the new model, once loaded, misses
+    new = scored(learner=changed)
+    assert not np.array_equal(new, first) and len(calls) == 4
+    # a damaged entry (truncated, empty, or another dtype) is scored again and replaced
+    for damage in (lambda b: b[:20], lambda b: b"", lambda b: b.replace(b"<f8", b"<f4")):
+        for entry in (run / ev.SCORES).glob("*.npy"):
+            entry.write_bytes(damage(entry.read_bytes()))
+        before = len(calls)
+        assert np.array_equal(scored(learner=changed), new) and len(calls) == before + 1
     # a folder that cannot be written still gets its scores
     monkeypatch.setattr(ev, "atomic_path", lambda _: (_ for _ in ()).throw(OSError("ro")))
-    assert scored(seed=9).shape == (12,) and len(calls) == 6
+    assert scored(seed=9).shape == (12,) and len(calls) == 8

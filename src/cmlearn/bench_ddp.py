@@ -213,7 +213,8 @@ def _worker(spec_path: Path) -> None:
 
 def _timed(reduce: Callable, into: dict[str, list[float]], timing: dict[str, str]) -> Callable:
     """``reduce`` that also adds its seconds to ``into[timing["mode"]]``: on the faster rank
-    that is mostly waiting for the slower one, on the slower rank the communication itself."""
+    that is mostly waiting for the slower one, on the slower rank the communication itself
+    (plus packing the gradients into one bucket and copying them back)."""
 
     def timed(*args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()

@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import scipy
 import torch
 from scipy import stats
 from torch import Tensor
 
 from cmlearn import CmlearnError
-from cmlearn.data.cache import sha256
 from cmlearn.engine import Learner, task_accuracy, task_losses
 from cmlearn.files import atomic_path
-from cmlearn.runs import COLEARNER, MODEL, inference_state, learner_device, read_state
+from cmlearn.runs import inference_state, learner_device, read_state
 from cmlearn.tasks import TaskBatch, TaskSource
 from cmlearn.tasks.batch import generator
 
@@ -66,6 +66,14 @@ class _Chunk:
         self.source, self.seed, self.split, self.index, self.size = source, seed, split, index, size
         self.keep = keep
         self._batch: TaskBatch | None = None
+        self._digest: bytes | None = None
+
+    def digest(self) -> bytes:
+        """``task_digest`` of the chunk's tasks, computed once (every run a ``compare``
+        scores on these tasks keys its cache with it)."""
+        if self._digest is None:
+            self._digest = task_digest(self.get())
+        return self._digest
 
     def get(self) -> TaskBatch:
         if self._batch is not None:
@@ -149,21 +157,29 @@ def cached_run_scores(
     """``run_scores``, kept in ``RUN/scores/`` so that scoring a finished run again (every
     ``compare`` that reuses it) takes no time.
 
-    The key is a SHA-256 of everything the scores depend on: the configuration and the
-    arguments, the bytes of the checkpoints used, the test tasks' own tensors (so changed data
-    or a changed sampler misses), the torch version and the source of this package (so a
-    changed line of cmlearn misses too). Nothing stale can be read back; a damaged entry is
-    scored again and replaced.
+    The key is a SHA-256 of what the scores depend on: the configuration and the arguments,
+    the parameters actually scored (the loaded learner's tensors, or the ensemble members once
+    read, never the files, which a running training may replace meanwhile), the test tasks'
+    own tensors and the graph of node tasks (so changed data or a changed sampler misses), the
+    device, the thread count, the torch / numpy / scipy versions and the source of this
+    package (so a changed line of cmlearn misses too). A damaged entry is scored again and
+    replaced.
     """
-    key = _score_key(run, cfg, chunks, metric, mode, steps, batch_size, learner)
+    members = None
+    if cfg.eval.ensemble:
+        members = ensemble_members(run, cfg.eval.ensemble, lower_is_better(metric), learner)
+    key = _score_key(cfg, chunks, metric, mode, steps, batch_size, learner, members)
     path = Path(run) / SCORES / f"{key}.npy"
     try:
         values = np.load(path, allow_pickle=False)
-        if values.ndim == 1 and values.size == sum(_size(c) for c in chunks):
+        if values.dtype == np.float64 and values.shape == (sum(_size(c) for c in chunks),):
             return values
-    except (OSError, ValueError):  # absent, or not a whole array
+    except Exception:  # absent or damaged (numpy raises many types): score again
         pass
-    values = run_scores(run, cfg, learner, chunks, metric, mode, steps, batch_size)
+    if members is None:
+        values = scores(learner, chunks, metric, mode, steps, batch_size)
+    else:
+        values = ensemble_scores(learner, members, chunks, metric, mode, steps, batch_size)
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, values, allow_pickle=False)
@@ -177,7 +193,6 @@ def _size(chunk: object) -> int:
 
 
 def _score_key(
-    run: Path,
     cfg: Config,
     chunks: list,
     metric: str,
@@ -185,41 +200,52 @@ def _score_key(
     steps: int,
     batch_size: int,
     learner: Learner,
+    members: list[dict] | None,
 ) -> str:
-    digest = hashlib.sha256()
+    device = learner_device(learner)
     settings = {
         "config": cfg.to_dict(),
         "metric": metric,
         "mode": mode,
         "steps": steps,
         "batch": batch_size,
-        "device": str(learner_device(learner)),
-        "torch": torch.__version__,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+        "versions": [torch.__version__, np.__version__, scipy.__version__],
         "code": code_digest(),
     }
-    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    run = Path(run)
-    names = [MODEL, COLEARNER] + (
-        [p.name for p in sorted(run.glob(TOP))] if cfg.eval.ensemble else []
-    )
-    for name in names:
-        if (run / name).exists():
-            digest.update(f"{name}:{sha256(run / name)}".encode())
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    states = [learner.net.state_dict(), learner.step_sizes, *(members or [])]
+    for state in states:
+        for name in sorted(state):
+            if isinstance(state[name], Tensor):
+                digest.update(name.encode())
+                _update(digest, state[name])
+            else:
+                digest.update(f"{name}={state[name]!r}".encode())
     graphs = {id(g): g for c in chunks if (g := getattr(getattr(c, "source", None), "graph", None))}
     for graph in graphs.values():  # node tasks hold indices: the data is the graph itself
         for t in (graph.features.coalesce(), graph.adjacency.coalesce()):
             _update(digest, t.indices(), t.values())
         _update(digest, graph.labels)
     for chunk in chunks:
-        batch = chunk.get() if isinstance(chunk, _Chunk) else chunk
-        _update(digest, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+        digest.update(chunk.digest() if isinstance(chunk, _Chunk) else task_digest(chunk))
     return digest.hexdigest()[:32]
+
+
+def task_digest(batch: TaskBatch) -> bytes:
+    """SHA-256 of a batch's task tensors."""
+    digest = hashlib.sha256()
+    _update(digest, batch.support_x, batch.support_y, batch.query_x, batch.query_y)
+    return digest.digest()
 
 
 def _update(digest: hashlib._Hash, *tensors: Tensor) -> None:
     for t in tensors:
         digest.update(str((t.dtype, tuple(t.shape))).encode())
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+        flat = t.detach().cpu().contiguous().reshape(-1)  # 0-d and bool tensors too
+        digest.update(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b"")
 
 
 @functools.cache

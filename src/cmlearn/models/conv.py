@@ -49,7 +49,7 @@ def conv_k_fc(
 
     ``convs`` (k) blocks of ``width`` channels (0: ``channels``, so the map's width carries
     on), then the pool, flatten and one linear layer. ``pool="max"`` is the official code's:
-    one 2×2 max-pool, at the end of the last block (conv → BN → ReLU → pool), or bare for
+    one 2×2 max-pool, at the end of the last block (conv → BN → pool → ReLU), or bare for
     k = 0. So Conv(0) = pool, FC; Conv(1) = conv+pool, FC; Conv(2) = conv, conv+pool, FC (the
     official ``CoLearner``); Conv(k) = k − 1 unpooled blocks, one pooled block, FC. Exactly
     one pool at every depth keeps the FC at c·⌊H/2⌋·⌊W/2⌋ inputs (1600 on Conv-4's 64×10×10
