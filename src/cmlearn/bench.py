@@ -479,8 +479,9 @@ class Results:
 
     def paired(self, numerator: str, denominator: str, clock: str = "wall") -> float:
         """Median over repeats of ``numerator``'s seconds over ``denominator``'s in the same
-        repeat: the two ran back to back, so a busy spell on a shared machine hits both and
-        cancels, where a ratio of separate medians can pair a quiet repeat with a busy one."""
+        repeat: the two ran within one repeat's span, so a busy spell on a shared machine
+        mostly hits both and cancels, where a ratio of separate medians can pair a quiet
+        repeat with a busy one."""
         column = "s_per_step_repeats" if clock == "wall" else "cpu_s_per_step_repeats"
         a, b = (
             [r[column] for r in self.rows if r["name"] == n][0] for n in (numerator, denominator)
