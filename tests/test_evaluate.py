@@ -71,7 +71,7 @@ def test_run_scores_are_cached_by_everything_they_depend_on(tmp_path, monkeypatc
 
     def scored(seed: int = 7, mode: str = "cml", learner=learner) -> np.ndarray:
         tasks = fixed_tasks(source, 12, seed, "test")
-        return ev.cached_run_scores(run, cfg, learner, tasks, "mse", mode, 0, 4)
+        return ev.run_scores(run, cfg, learner, tasks, "mse", mode, 0, 4)
 
     first = scored()
     assert len(calls) == 1 and len(list((run / ev.SCORES).glob("*.npy"))) == 1

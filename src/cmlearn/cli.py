@@ -203,7 +203,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from cmlearn.build import build_source
-    from cmlearn.evaluate import CHUNK, cached_run_scores, fixed_tasks, summarize
+    from cmlearn.evaluate import CHUNK, fixed_tasks, run_scores, summarize
     from cmlearn.runs import load_run
 
     _positive("--tasks", args.tasks)
@@ -220,7 +220,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     source = build_source(cfg, runtime)
     tasks = fixed_tasks(source, n, cfg.eval.seed, "test")
     steps = args.steps or cfg.eval_steps
-    values = cached_run_scores(  # the best checkpoint, or the top-k ensemble (eval.ensemble)
+    values = run_scores(  # the best checkpoint, or the top-k ensemble (eval.ensemble)
         args.run, cfg, learner, tasks, source.metric, args.mode, steps, cfg.eval.batch or CHUNK
     )
     result = {

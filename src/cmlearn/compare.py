@@ -13,7 +13,7 @@ from cmlearn.algorithms import ALGORITHMS
 from cmlearn.build import build_source
 from cmlearn.cml import CO_MODES
 from cmlearn.config import Config
-from cmlearn.evaluate import CHUNK, cached_run_scores, fixed_tasks, paired, summarize
+from cmlearn.evaluate import CHUNK, fixed_tasks, paired, run_scores, summarize
 from cmlearn.runs import CHECKPOINT, RunFolder, load_run, read_config
 from cmlearn.runtime import Runtime
 from cmlearn.train import train
@@ -124,7 +124,7 @@ def compare(
             else:
                 _, learner = load_run(run, runtime=runtime)
                 scored = {  # the best checkpoint, or the top-k ensemble
-                    name: cached_run_scores(
+                    name: run_scores(
                         run,
                         cfg,
                         learner,

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 CHUNK = 500  # tasks drawn per generator; fixed, so the tasks depend only on the seed
 TOP = "top-*.pt"  # the top-k validation checkpoints of a run (``eval.ensemble``)
-SCORES = "scores"  # a run folder's cache of per-task test scores (``cached_run_scores``)
+SCORES = "scores"  # a run folder's cache of per-task test scores (``run_scores``)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -137,25 +137,9 @@ def run_scores(
     batch_size: int = 0,
 ) -> np.ndarray:
     """A trained run's per-task test scores: the best checkpoint's (``learner``, as
-    ``load_run`` gives it), or with ``eval.ensemble`` the ensemble of its best checkpoints."""
-    if not cfg.eval.ensemble:
-        return scores(learner, chunks, metric, mode, steps, batch_size)
-    members = ensemble_members(run, cfg.eval.ensemble, lower_is_better(metric), learner)
-    return ensemble_scores(learner, members, chunks, metric, mode, steps, batch_size)
-
-
-def cached_run_scores(
-    run: Path,
-    cfg: Config,
-    learner: Learner,
-    chunks: list,
-    metric: str,
-    mode: str = "cml",
-    steps: int = 0,
-    batch_size: int = 0,
-) -> np.ndarray:
-    """``run_scores``, kept in ``RUN/scores/`` so that scoring a finished run again (every
-    ``compare`` that reuses it) takes no time.
+    ``load_run`` gives it), or with ``eval.ensemble`` the ensemble of its best checkpoints.
+    Kept in ``RUN/scores/``, so that scoring a finished run again (every ``compare`` that
+    reuses it) takes no time.
 
     The key is a SHA-256 of what the scores depend on: the configuration and the arguments,
     the parameters actually scored (the loaded learner's tensors, or the ensemble members once
