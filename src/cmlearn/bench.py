@@ -379,9 +379,6 @@ def op_calls(step: Callable[[], object]) -> dict[str, Any]:
     return {"total": sum(calls.values()), "by_op": dict(calls.most_common())}
 
 
-CONV_KERNELS = ("convolution",)  # aten ops whose self time is convolution arithmetic
-
-
 def kernel_split(step: Callable[[], object], steps: int = 2) -> dict[str, float]:
     """The shares of a ``step``'s kernel time spent in convolutions and in everything else
     (BatchNorm, pooling, ReLU, element-wise ops, autograd bookkeeping), by the profiler's self
@@ -394,7 +391,7 @@ def kernel_split(step: Callable[[], object], steps: int = 2) -> dict[str, float]
             step()
     conv = other = 0.0
     for e in prof.key_averages():
-        if any(k in e.key for k in CONV_KERNELS):
+        if "convolution" in e.key:  # aten's forward, backward and double-backward kernels
             conv += e.self_cpu_time_total
         else:
             other += e.self_cpu_time_total
@@ -470,12 +467,12 @@ class Results:
         )
 
     def rate(self, name: str) -> float:
-        return next(r["tasks_per_s"] for r in self.rows if r["name"] == name)
+        return self.row(name)["tasks_per_s"]
 
     def per_step(self, name: str, clock: str = "wall") -> float:
         """Median seconds per step by the wall clock, or process CPU seconds (``cpu``)."""
         column = "s_per_step" if clock == "wall" else "cpu_s_per_step"
-        return next(r[column] for r in self.rows if r["name"] == name)
+        return self.row(name)[column]
 
     def paired(self, numerator: str, denominator: str, clock: str = "wall") -> float:
         """Median over repeats of ``numerator``'s seconds over ``denominator``'s in the same
@@ -483,10 +480,12 @@ class Results:
         mostly hits both and cancels, where a ratio of separate medians can pair a quiet
         repeat with a busy one."""
         column = "s_per_step_repeats" if clock == "wall" else "cpu_s_per_step_repeats"
-        a, b = (
-            [r[column] for r in self.rows if r["name"] == n][0] for n in (numerator, denominator)
-        )
+        a, b = self.row(numerator)[column], self.row(denominator)[column]
         return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+    def row(self, name: str) -> dict:
+        """The timed variant ``name``'s row."""
+        return next(r for r in self.rows if r["name"] == name)
 
     def mib(self, name: str) -> float:
         return next(m["saved_MiB"] for m in self.memory if m["name"] == name)
