@@ -16,7 +16,7 @@ Common to all: one task per episode, 5 query nodes per class in training and val
 improvement (TLP), the best-validation model scored on 500 fixed test tasks; GCN hidden 16,
 dropout 0.5 in the inner loop only, TLP's U(±1/√fan_out) initialisation; the co-learner is
 16 → 16 → N with γ = 0.2. The validation tasks are 20 fixed tasks (TLP draws 20 fresh ones
-each time; ``eval.protocol``-style fresh draws are not implemented, see docs/graphs.md).
+each time; ``--set eval.protocol=tlp`` does that, see docs/graphs.md).
 
 ``-paper`` swaps in the CML paper's text (= TLP's paper text): Adam 1e-3, weight decay 1e-4,
 20 inner steps of 0.05.
