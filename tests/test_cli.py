@@ -154,6 +154,18 @@ def test_compare_json_uses_the_same_tasks_for_every_method(cli, tmp_path):
     for row in report["results"]:
         assert {"method", "seed", "metric", "mean", "ci95"} <= row.keys() and row["n"] == 40
     assert [p["method"] for p in report["paired"]] == list(rows[1:])
+    # each method's median training time per run; † rows score the same runs, so they have none
+    for row in report["summary"]:
+        times = [r["train_seconds"] for r in report["results"] if r["method"] == row["method"]]
+        if row["method"].endswith("†"):
+            assert row["train_seconds"] is None
+        else:  # the median of two seeds
+            assert row["train_seconds"] == pytest.approx(sum(times) / 2) and min(times) > 0
+    from cmlearn.compare import format_table
+
+    lines = {line.split()[0]: line for line in format_table(report).splitlines()}
+    assert lines["cml†"].endswith("—")
+    assert lines["maml"].endswith(f"{report['summary'][0]['train_seconds']:.0f}")
     assert all({"mean", "ci95"} <= p.keys() for p in report["paired"])
     # anil+cml has no anil run to pair with; cml and cml† pair with their base, maml
     assert [(p["method"], p["baseline"]) for p in report["paired_base"]] == [

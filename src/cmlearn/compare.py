@@ -150,11 +150,15 @@ def compare(
                 )
     stacks = {name: np.stack(values) for name, values in per_task.items()}  # [seeds, tasks]
     summary = []
-    for name, _ in rows:
+    for name, method in rows:
         stack = stacks[name]
         row = {"method": name, "metric": source.metric, "seeds": len(seeds)}
         row |= summarize(stack.mean(0))
         row["seed_ci95"] = summarize(stack.mean(1))["ci95"]
+        # training wall time per run, on the row that owns the runs († rows score the same runs)
+        times = [r["train_seconds"] for r in results if r["method"] == name]
+        owned = name == method.name and None not in times
+        row["train_seconds"] = float(np.median(times)) if owned else None
         if tlp:  # TLP's print: mean of seed means ± 1.96 · mean per-seed std / √tasks
             row["tlp_interval"] = float(1.96 * stack.std(1).mean() / np.sqrt(stack.shape[1]))
         summary.append(row)
@@ -221,7 +225,7 @@ def format_table(report: dict) -> str:
         f"{report['eval_seed']}), seeds {report['seeds']}. ± = 95% CI over tasks, "
         "[±] = 95% CI over seed means",
         f"{'method':<14}{metric:>28}{'Δ vs ' + first + ' (paired)':>30}"
-        f"{'Δ vs own base (paired)':>32}",
+        f"{'Δ vs own base (paired)':>32}{'train s/run':>13}",
     ]
     vs_first = {p["method"]: p for p in report["paired"]}
     vs_base = {p["method"]: p for p in report.get("paired_base", [])}
@@ -230,6 +234,7 @@ def format_table(report: dict) -> str:
             f"{row['method']:<14}{_cell(row, '.4f'):>28}"
             f"{_cell(vs_first.get(row['method']), '+.4f'):>30}"
             f"{_cell(vs_base.get(row['method']), '+.4f'):>32}"
+            f"{_seconds(row.get('train_seconds')):>13}"
         )
     if any(row["method"].endswith("†") for row in report["summary"]):
         lines.append(
@@ -245,6 +250,7 @@ def format_table(report: dict) -> str:
             f"{UNADAPTED} rows: CL† with ϕ not adapted (ψ, θ adapt with the meta-learner's "
             "loss; Table 4's CL† w/o adaptation)"
         )
+    lines.append("train s/run: median training wall seconds per run (validation included)")
     for table, row in report.get("published", {}).items():
         cells = ", ".join(f"{k} {'failed' if v is None else v}" for k, v in row.items())
         lines.append(f"paper, Table {table} (%, not our tasks or seeds): {cells}")
@@ -268,3 +274,7 @@ def _cell(stat: dict | None, fmt: str) -> str:
         return "—"
     seed = "" if np.isnan(stat["seed_ci95"]) else f" [±{stat['seed_ci95']:.4f}]"
     return f"{stat['mean']:{fmt}} ± {stat['ci95']:.4f}{seed}"
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}"
