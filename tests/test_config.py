@@ -49,6 +49,8 @@ def test_bad_overrides_are_rejected(assignment, message):
 def test_validation():
     with pytest.raises(CmlearnError, match="shots"):
         get_preset("sinusoid-5shot").override(["task.shots=0"])
+    with pytest.raises(CmlearnError, match="task.val_queries must be >= 0"):
+        get_preset("sinusoid-5shot").override(["task.val_queries=-1"])
     with pytest.raises(CmlearnError, match="unknown preset"):
         get_preset("miniimagenet")
 

@@ -419,6 +419,16 @@ BAD: dict[str, tuple[Callable[[Path, Path], None], list[str], str]] = {
         ["task.eval_queries=20"],
         "1 shots \\+ 20 queries = 21 examples per class, but a val class has only 20",
     ),
+    "val queries": (
+        nothing,
+        ["task.val_queries=20"],
+        "1 shots \\+ 20 queries = 21 examples per class, but a val class has only 20",
+    ),
+    "test queries": (  # validation asks for fewer: the test split is the one that cannot fill
+        nothing,
+        ["task.eval_queries=20", "task.val_queries=5"],
+        "1 shots \\+ 20 queries = 21 examples per class, but a test class has only 20",
+    ),
     "cache format": (other_cache_format, [], f"another cmlearn version .*reads {CACHE_FORMAT}"),
 }
 
@@ -525,8 +535,9 @@ def test_task_structure(
 ) -> None:
     ds = load(pristine, shared, rotation=rotation)
     ways, shots, queries, eval_queries = 4, 3, 2, 5
-    source = ClassificationSource(ds, ways, shots, queries, eval_queries)
-    q = queries if split == "train" else eval_queries
+    val_queries = 0 if rotation == "default" else 4  # 0: validation tasks are test-sized
+    source = ClassificationSource(ds, ways, shots, queries, eval_queries, val_queries=val_queries)
+    q = {"train": queries, "val": val_queries or eval_queries, "test": eval_queries}[split]
     batch = source.sample(16, generator("train", 1, 0), split)
     assert batch.support_x.shape == (16, ways * shots, 1, 28, 28)
     assert batch.query_x.shape == (16, ways * q, 1, 28, 28)

@@ -309,6 +309,11 @@ def test_config_builds_a_node_task_source(pristine: tuple[Path, dict], cache: Pa
     )
     source = build_source(cfg, Runtime(pristine[0], cache, torch.device("cpu")))
     assert isinstance(source, NodeTaskSource)
+    runtime = Runtime(pristine[0], cache, torch.device("cpu"))
+    five = build_source(cfg.override(["task.val_queries=5"]), runtime)  # TLP's validation tasks
+    sizes = [five.sample(1, generator(s, 0, 0), s).query_x.shape[1] for s in ("val", "test")]
+    assert sizes == [10, 20]
+    assert source.sample(1, generator("val", 0, 0), "val").query_x.shape[1] == 20  # 0: as test
     assert (source.loss, source.metric, source.out_features, source.input_shape) == (
         "ce",
         "accuracy",
@@ -321,9 +326,9 @@ def test_config_builds_a_node_task_source(pristine: tuple[Path, dict], cache: Pa
 @pytest.mark.parametrize("split", ["train", "val", "test"])
 def test_task_structure(pristine: tuple[Path, dict], cache: Path, split: str) -> None:
     ds = load(pristine[0], cache, "coauthor-cs")
-    ways, shots, queries, eval_queries = 3, 2, 1, 2
-    source = NodeTaskSource(ds, ways, shots, queries, eval_queries)
-    q = queries if split == "train" else eval_queries
+    ways, shots, queries, val_queries, eval_queries = 3, 2, 1, 3, 2
+    source = NodeTaskSource(ds, ways, shots, queries, eval_queries, val_queries=val_queries)
+    q = {"train": queries, "val": val_queries, "test": eval_queries}[split]
     batch = source.sample(64, generator("train", 0, 3), split)
     assert batch.support_x.shape == (64, ways * shots) and batch.support_x.dtype == torch.int64
     assert batch.query_x.shape == (64, ways * q)
@@ -470,6 +475,11 @@ BAD: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
     "eval queries": (
         nothing,
         [*AMAZON, "task.eval_queries=12"],
+        "= 13 nodes per class, but a val class has only 12",
+    ),
+    "val queries": (
+        nothing,
+        [*AMAZON, "task.val_queries=12"],
         "= 13 nodes per class, but a val class has only 12",
     ),
     "no standard split": (nothing, ["data.name=amazon-photo"], "set data.classes=TRAIN,VAL"),

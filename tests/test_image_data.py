@@ -25,6 +25,7 @@ from PIL import Image
 
 from cmlearn import CmlearnError
 from cmlearn.cli import main
+from cmlearn.config import TaskConfig
 from cmlearn.data import catalog, images
 from cmlearn.data.images import Prep
 from cmlearn.registry import DATASETS, SAMPLERS
@@ -285,8 +286,8 @@ def test_tieredimagenet_metaoptnet_labels_and_folder_name(tmp_path):
 # --- preprocessing and the sampler ----------------------------------------------------------
 
 
-def task(ways: int = 3, shots: int = 1, queries: int = 2):
-    return SimpleNamespace(ways=ways, shots=shots, queries=queries, eval_queries=queries)
+def task(ways: int = 3, shots: int = 1, queries: int = 2) -> TaskConfig:
+    return TaskConfig(ways=ways, shots=shots, queries=queries, eval_queries=queries)
 
 
 def test_imagenet_normalisation_is_applied_after_dividing_by_255(roots, tmp_path):

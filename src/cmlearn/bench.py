@@ -65,7 +65,7 @@ from cmlearn.models import MLP, ConvNet, Cooperative, TaskLinear, build_colearne
 from cmlearn.presets import get_preset
 from cmlearn.runtime import Runtime
 from cmlearn.tasks import ClassificationSource, SinusoidFamily, TaskBatch
-from cmlearn.tasks.batch import generator
+from cmlearn.tasks.batch import generator, split_queries
 from cmlearn.train import make_optimizer, outer_step
 
 LR = 0.01  # inner step size α (one second-order step everywhere)
@@ -775,7 +775,7 @@ class PerImagePipeline:
         self.classes, self.rotations = classes.classes.tolist(), classes.rotations.tolist()
         self.counts, self.names = data.pool.counts.tolist(), data.pool.names
         self.ways, self.shots = source.ways, source.shots
-        self.queries = source.queries if split == "train" else source.eval_queries
+        self.queries = split_queries(source, split)
         self.size = data.input_shape[-1]
         self.png = read_pngs(root, {self.names[c] for c in set(self.classes)})
 

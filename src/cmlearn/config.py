@@ -64,7 +64,8 @@ class TaskConfig:
     ways: int = 5  # N classes per task (classification; regression ignores it)
     shots: int = 5  # K support examples (per class for classification)
     queries: int = 10  # query examples (per class) in meta-training tasks
-    eval_queries: int = 100  # query examples (per class) in validation and test tasks
+    eval_queries: int = 100  # query examples (per class) in test tasks (and validation ones)
+    val_queries: int = 0  # query examples (per class) in validation tasks; 0 = eval_queries
     meta_batch: int = 4
     context: int = 0  # node tasks: two sets of this many task nodes for AMM-GNN's modulation
 
@@ -73,6 +74,7 @@ class TaskConfig:
             check(
                 getattr(self, name) > 0, f"task.{name} must be positive (got {getattr(self, name)})"
             )
+        check(self.val_queries >= 0, f"task.val_queries must be >= 0 (got {self.val_queries})")
         check(0 <= self.context <= 10_000, "task.context must be in [0, 10000]")
         check(self.meta_batch <= 100_000, "task.meta_batch must be at most 100000")
 

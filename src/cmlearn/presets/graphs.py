@@ -11,9 +11,10 @@ of TLP's code, which produced the baselines that the CML paper copies (GRAPHS.md
 - ``gcn`` (TLP's "Meta-GNN", MAML over the full-graph GCN): Adam 0.005, weight decay 5e-4, 5
   inner steps of 0.05, at most 500 episodes, patience 20.
 
-Common to all: one task per episode, 5 query nodes per class in training and validation and
-10 at test, validation every 10 episodes, early stop after 10 validations without a strict
-improvement (TLP), the best-validation model scored on 500 fixed test tasks; GCN hidden 16,
+Common to all: one task per episode, 5 query nodes per class in training and 10 in
+validation and test (TLP validates on 5: ``task.val_queries=5``), validation every 10
+episodes, early stop after 10 validations without a strict improvement (TLP), the
+best-validation model scored on 500 fixed test tasks; GCN hidden 16,
 dropout 0.5 in the inner loop only, TLP's U(±1/√fan_out) initialisation; the co-learner is
 16 → 16 → N with γ = 0.2. The validation tasks are 20 fixed tasks (TLP draws 20 fresh ones
 each time; ``--set eval.protocol=tlp`` does that, see docs/graphs.md).

@@ -86,3 +86,13 @@ class TaskSource(Protocol):
     metric: str  # what evaluation reports: "mse" (lower is better) or "accuracy"
 
     def sample(self, n_tasks: int, gen: torch.Generator, split: str = "train") -> TaskBatch: ...
+
+
+def split_queries(source, split: str) -> int:
+    """Query examples per class (per task for regression) in a ``split``'s tasks: ``queries``
+    in meta-training, ``val_queries`` in validation (0: as at test), ``eval_queries`` at test."""
+    if split == "train":
+        return source.queries
+    if split == "val" and source.val_queries:
+        return source.val_queries
+    return source.eval_queries

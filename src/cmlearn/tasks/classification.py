@@ -19,13 +19,13 @@ from torch import Tensor
 from cmlearn import CmlearnError
 from cmlearn.data.pool import ClassDataset
 from cmlearn.registry import SAMPLERS
-from cmlearn.tasks.batch import TaskBatch
+from cmlearn.tasks.batch import TaskBatch, split_queries
 
 
 @dataclass(frozen=True)
 class ClassificationSource:
-    """``ways``-way ``shots``-shot tasks with ``queries`` (train) or ``eval_queries`` (val,
-    test) query examples per class."""
+    """``ways``-way ``shots``-shot tasks with ``queries`` (train), ``val_queries`` (val; 0: as
+    test) or ``eval_queries`` (test) query examples per class."""
 
     dataset: ClassDataset
     ways: int
@@ -34,9 +34,10 @@ class ClassificationSource:
     eval_queries: int
     loss: str = "ce"
     metric: str = "accuracy"
+    val_queries: int = 0
 
     def __post_init__(self) -> None:
-        check_sizes(self.dataset, self.ways, self.shots, self.queries, self.eval_queries)
+        check_sizes(self, self.dataset)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -49,7 +50,7 @@ class ClassificationSource:
     def sample(self, n_tasks: int, gen: torch.Generator, split: str = "train") -> TaskBatch:
         pool, classes = self.dataset.pool, self.dataset.splits[split]
         n, k = self.ways, self.shots
-        q = self.queries if split == "train" else self.eval_queries
+        q = split_queries(self, split)
         chosen = draw_classes(n_tasks, len(classes), n, gen)
         ids = classes.classes[chosen]
         turns = classes.rotations[chosen]
@@ -73,12 +74,13 @@ class ClassificationSource:
         )
 
 
-def check_sizes(
-    dataset, ways: int, shots: int, queries: int, eval_queries: int, unit: str = "examples"
-) -> None:
+def check_sizes(source, dataset, unit: str = "examples") -> None:
     """Refuse tasks a split cannot fill: fewer than ``ways`` classes, or a class with fewer than
-    ``shots + queries`` members (``dataset``: ``name``, ``splits[split]``, ``min_count``)."""
-    for split, q in (("train", queries), ("val", eval_queries), ("test", eval_queries)):
+    ``shots`` + the split's queries members (``dataset``: ``name``, ``splits[split]``,
+    ``min_count``)."""
+    ways, shots = source.ways, source.shots
+    for split in ("train", "val", "test"):
+        q = split_queries(source, split)
         n = len(dataset.splits[split])
         if ways > n:
             raise CmlearnError(
@@ -132,4 +134,6 @@ def classification_source(
     dataset: ClassDataset, task, device: torch.device
 ) -> ClassificationSource:
     data = dataclasses.replace(dataset, pool=dataset.pool.to(device))
-    return ClassificationSource(data, task.ways, task.shots, task.queries, task.eval_queries)
+    return ClassificationSource(
+        data, task.ways, task.shots, task.queries, task.eval_queries, val_queries=task.val_queries
+    )

@@ -3,11 +3,12 @@
 A task is ``N`` distinct classes of a split, drawn in random order (so labels ``0..N-1`` are a
 fresh permutation of class ids each task), and ``K + Q`` distinct nodes of each class, the
 first ``K`` the support, the rest the query; both ordered class by class. ``Q`` is
-``queries`` in meta-training tasks and ``eval_queries`` in validation and test tasks (TLP: 5
-and 10). The whole graph stays visible (features and Â of every node, any split): a task only
-withholds labels. So a task's ``x`` is the int64 index of its nodes into the graph, which a
-model takes from the source (``source.graph``). The draws are those of the image sampler
-(``draw_classes``, ``draw_members``), from the same seeded generators.
+``queries`` in meta-training tasks, ``val_queries`` in validation tasks (0: as at test) and
+``eval_queries`` in test tasks (TLP: 5, 5 and 10; the presets validate with 10, see
+docs/graphs.md). The whole graph stays visible (features and Â of every node, any split): a
+task only withholds labels. So a task's ``x`` is the int64 index of its nodes into the graph,
+which a model takes from the source (``source.graph``). The draws are those of the image
+sampler (``draw_classes``, ``draw_members``), from the same seeded generators.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ import torch
 from cmlearn import CmlearnError
 from cmlearn.data.graphs import Graph, NodeDataset
 from cmlearn.registry import SAMPLERS
-from cmlearn.tasks.batch import TaskBatch
+from cmlearn.tasks.batch import TaskBatch, split_queries
 from cmlearn.tasks.classification import check_sizes, draw_classes, draw_members
 
 
 @dataclass(frozen=True)
 class NodeTaskSource:
-    """``ways``-way ``shots``-shot node tasks, ``queries`` (train) or ``eval_queries`` (val,
-    test) query nodes per class; batches live on the graph's device."""
+    """``ways``-way ``shots``-shot node tasks, ``queries`` (train), ``val_queries`` (val; 0: as
+    test) or ``eval_queries`` (test) query nodes per class; batches live on the graph's device."""
 
     dataset: NodeDataset
     ways: int
@@ -37,15 +38,17 @@ class NodeTaskSource:
     metric: str = "accuracy"
     context: int = 0  # >0: two sets of this many task nodes follow each node list (AMM-GNN)
     input_shape: tuple[int, ...] = ()  # one example is one node index
+    val_queries: int = 0
 
     def __post_init__(self) -> None:
         ds = self.dataset
-        check_sizes(ds, self.ways, self.shots, self.queries, self.eval_queries, unit="nodes")
-        smallest = self.ways * (self.shots + min(self.queries, self.eval_queries))
+        check_sizes(self, ds, unit="nodes")
+        fewest = min(split_queries(self, split) for split in ("train", "val", "test"))
+        smallest = self.ways * (self.shots + fewest)
         if self.context > smallest:
             raise CmlearnError(
                 f"task.context={self.context} needs that many nodes in a task, which has "
-                f"{self.ways}·({self.shots}+{min(self.queries, self.eval_queries)}) = {smallest}"
+                f"{self.ways}·({self.shots}+{fewest}) = {smallest}"
             )
 
     @property
@@ -58,7 +61,7 @@ class NodeTaskSource:
 
     def sample(self, n_tasks: int, gen: torch.Generator, split: str = "train") -> TaskBatch:
         ds, n, k = self.dataset, self.ways, self.shots
-        q = self.queries if split == "train" else self.eval_queries
+        q = split_queries(self, split)
         classes = ds.splits[split]
         ids = classes[draw_classes(n_tasks, len(classes), n, gen)]  # [T, N]
         picks = draw_members(ds.counts[ids], k + q, gen)  # [T, N, K+Q]
@@ -90,4 +93,5 @@ def node_source(dataset: NodeDataset, task, device: torch.device) -> NodeTaskSou
         task.queries,
         task.eval_queries,
         context=task.context,
+        val_queries=task.val_queries,
     )

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from cmlearn import CmlearnError
 from cmlearn.registry import DATASETS, SAMPLERS, NoOptions
-from cmlearn.tasks.batch import TaskBatch
+from cmlearn.tasks.batch import TaskBatch, split_queries
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ def sinusoid(options: NoOptions, root: Path, cache_dir: Path) -> SinusoidFamily:
 
 @dataclass(frozen=True)
 class SinusoidSource:
-    """Sinusoid tasks: ``shots`` support points, ``queries`` (train) or ``eval_queries``."""
+    """Sinusoid tasks: ``shots`` support points, ``queries`` (train), ``val_queries`` (val; 0:
+    as test) or ``eval_queries`` (test) query points."""
 
     shots: int
     queries: int
@@ -62,15 +63,18 @@ class SinusoidSource:
     out_features: int = 1
     loss: str = "mse"
     metric: str = "mse"  # what evaluation reports; lower is better
+    val_queries: int = 0
 
     def sample(self, n_tasks: int, gen: torch.Generator, split: str = "train") -> TaskBatch:
-        queries = self.queries if split == "train" else self.eval_queries
+        queries = split_queries(self, split)
         return self.family.sample(n_tasks, self.shots, queries, gen).to(self.device)
 
 
 @SAMPLERS.register("sinusoid")
 def sinusoid_source(family: SinusoidFamily, task, device: torch.device) -> SinusoidSource:
-    return SinusoidSource(task.shots, task.queries, task.eval_queries, family, device)
+    return SinusoidSource(
+        task.shots, task.queries, task.eval_queries, family, device, val_queries=task.val_queries
+    )
 
 
 def _uniform(bounds: tuple[float, float], shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
