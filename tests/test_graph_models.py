@@ -86,6 +86,19 @@ def dense_embedding(graph: Graph, encoder, nodes: Tensor, readout: str, scale=No
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("model", ["gcn", "gmeta", "ammgnn"])
+def test_graph_models_refuse_vmap_and_batched_in_one_line(model: str) -> None:
+    """Their forward picks operators by node id on the host, which vmap cannot trace."""
+    from cmlearn import CmlearnError
+    from cmlearn.build import resolve_strategy
+
+    net = build_learner(config(model), source(context=4 if model == "ammgnn" else 0)).net
+    for strategy, message in (("vmap", "cannot run GraphModel.*use loop"), ("batched", "per-task")):
+        with pytest.raises(CmlearnError, match=message):
+            resolve_strategy(config(model, **{"train.strategy": strategy}), net)
+    assert resolve_strategy(config(model, **{"train.strategy": "auto"}), net) == "loop"
+
+
 @pytest.mark.parametrize("density", [0.3, 0.04])  # dense rows Z, and sparse ones
 @pytest.mark.parametrize("model, readout", [("gcn", "node"), ("gmeta", "subgraph")])
 def test_embedding_equals_the_dense_gcn(model: str, readout: str, density: float) -> None:
@@ -246,17 +259,43 @@ def test_second_order_meta_gradient_matches_finite_differences(float64) -> None:
             )
 
 
-def test_inference_model_has_the_base_parameters() -> None:
-    src = source()
-    base = build_learner(config("gmeta"), src)
-    cml = build_learner(config("gmeta", "cml"), src)
+@pytest.mark.parametrize("model", ["gcn", "gmeta", "ammgnn"])
+def test_inference_model_has_the_base_parameters(model: str) -> None:
+    from cmlearn.runs import inference_state
+
+    src = source(context=4 if model == "ammgnn" else 0)
+    base = build_learner(config(model), src)
+    cml = build_learner(config(model, "cml"), src)
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(cml.net.model) == count(base.net.model)
     f = src.graph.features.shape[1]
-    assert count(base.net.model) == (f * 16 + 16) + (16 * 16 + 16) + (16 * 2 + 2)
+    gcn = (f * 16 + 16) + (16 * 16 + 16) + (16 * 2 + 2)
+    maps = 2 * (4 + 1) if model == "ammgnn" else 0  # w_α, b_α, w_β, b_β over 4 context nodes
+    assert count(base.net.model) == gcn + maps
     assert count(cml.net.colearner) == (16 * 16 + 16) + (16 * 2 + 2)
+    # what is saved for inference: the base method's tensors, name for name and shape for shape
+    saved = inference_state(cml, config(model, "cml"), 0)["model"]
+    want = base.net.model.state_dict()
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in want.items()}
     # the graph is input, not state
     assert all("ops" not in k and "plan" not in k for k in base.net.state_dict())
+
+
+def test_colearner_takes_tlps_initialisation_on_request() -> None:
+    """``colearner.head.options.init=tlp``: U(±1/√fan_out), so the 16 → 2 output layer spans
+    ±0.71 rather than nn.Linear's ±0.25; the model (ψ, θ) is untouched."""
+    src = source()
+    default = build_learner(config("gmeta", "cml"), src).net
+    tlp = build_learner(config("gmeta", "cml", **{"colearner.head.options.init": "tlp"}), src).net
+    out = tlp.colearner.out.weight
+    assert out.abs().max() <= 2**-0.5 and out.abs().max() > 0.25  # 32 draws: P(≤0.25) < 1e-14
+    assert default.colearner.out.weight.abs().max() <= 0.25
+    assert tlp.colearner.fc1.weight.abs().max() <= 0.25  # 16 → 16: the two bounds agree
+    theirs = tlp.model.state_dict()
+    for k, a in default.model.state_dict().items():
+        assert torch.equal(a, theirs[k]), k
+    with pytest.raises(CmlearnError, match="colearner.init must be one of torch, tlp"):
+        config("gmeta", "cml", **{"colearner.head.options.init": "xavier"})
 
 
 def test_graph_model_input_checks() -> None:

@@ -100,7 +100,15 @@ def resolve_strategy(cfg: Config, net: Cooperative) -> str:
     if strategy == "auto":
         strategy = "batched" if net.task_batched else "loop"
     if strategy == "batched" and not net.task_batched:
-        raise CmlearnError("strategy 'batched' needs a model built from TaskLinear layers")
+        raise CmlearnError(
+            "train.strategy=batched needs a model whose every layer takes per-task parameters "
+            "(an MLP and its co-learner); use loop or vmap"
+        )
+    if strategy == "vmap" and not net.model.vmappable:
+        raise CmlearnError(
+            f"train.strategy=vmap cannot run {type(net.model).__name__}: its forward reads the "
+            "task's node ids on the host; use loop"
+        )
     tracks = any(getattr(m, "track_running_stats", False) for m in net.modules())
     if tracks and strategy != "loop":
         raise CmlearnError("BatchNorm running statistics need train.strategy=loop")

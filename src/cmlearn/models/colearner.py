@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from cmlearn.models.conv import POOLS, conv_k_fc
-from cmlearn.models.layers import BN_MODES, TaskLinear
+from cmlearn.models.layers import BN_MODES, TaskLinear, tlp_init
 from cmlearn.models.resnet import plain_block
 from cmlearn.registry import COLEARNERS, check
 
@@ -70,14 +70,19 @@ def build_colearner(
     raise ValueError(f"no co-learner for features of shape {tuple(feature_shape)}")
 
 
+INITS = ("torch", "tlp")
+
+
 @dataclass(frozen=True)
 class MLPHeadOptions:
     hidden: tuple[int, ...] = (40,)
+    init: str = "torch"  # torch: nn.Linear's U(±1/√fan_in); tlp: TLP's U(±1/√fan_out)
 
     def __post_init__(self) -> None:
         check(
             all(0 < h <= 1_000_000 for h in self.hidden), "colearner.hidden widths must be positive"
         )
+        check(self.init in INITS, f"colearner.init must be one of {', '.join(INITS)}")
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,10 @@ def mlp_head(
             f"co-learner 'mlp' reads vector features, but the feature point gives shape "
             f"{tuple(feature_shape)}; use colearner.head.name=conv"
         )
-    return build_colearner(feature_shape, out_features, options.hidden)
+    net = build_colearner(feature_shape, out_features, options.hidden)
+    if options.init == "tlp":  # the graph models' own initialisation (GRAPHS.md §6)
+        tlp_init(net)
+    return net
 
 
 def _need_map(name: str, feature_shape: tuple[int, ...]) -> tuple[int, ...]:

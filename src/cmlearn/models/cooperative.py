@@ -22,6 +22,7 @@ class BodyHead(nn.Module):
     """
 
     task_batched = False  # True when every layer accepts per-task parameters (see TaskLinear)
+    vmappable = True  # False when the forward reads its input's values on the host
 
     def __init__(self, body: nn.Sequential, head: nn.Module) -> None:
         super().__init__()

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from cmlearn.data.graphs import Graph
 from cmlearn.models.cooperative import BodyHead
-from cmlearn.models.layers import TaskLinear
+from cmlearn.models.layers import TaskLinear, tlp_init
 from cmlearn.registry import MODELS, check
 
 READOUTS = ("node", "subgraph")
@@ -329,6 +329,7 @@ class GraphModel(BodyHead):
     Query losses are taken in eval mode (no dropout), as TLP does."""
 
     query_eval = True
+    vmappable = False  # node ids pick each task's sparse operators on the host (``plan``)
 
     def __init__(self, encoder: GCNEncoder, out_features: int, penalty_weight: float) -> None:
         super().__init__(
@@ -341,16 +342,6 @@ class GraphModel(BodyHead):
         """Per-task outer-loss regulariser, ``[T]`` for node lists ``x`` ``[T, n]``."""
         encoder = self.body.gcn
         return self.penalty_weight * torch.stack([encoder.penalty(xi) for xi in x.unbind(0)])
-
-
-def tlp_init(module: nn.Module) -> None:
-    """TLP's initialisation: weights and biases U(±1/√fan_out) (fan_out = the output width)."""
-    for layer in module.modules():
-        if isinstance(layer, TaskLinear):
-            bound = 1.0 / math.sqrt(layer.weight.shape[0])
-            with torch.no_grad():
-                layer.weight.uniform_(-bound, bound)
-                layer.bias.uniform_(-bound, bound)
 
 
 @dataclass(frozen=True)

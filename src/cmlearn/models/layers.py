@@ -53,6 +53,16 @@ class TaskLinear(nn.Module):
         return task_linear(x, self.weight, self.bias)
 
 
+def tlp_init(module: nn.Module) -> None:
+    """TLP's initialisation: weights and biases U(±1/√fan_out) (fan_out = the output width)."""
+    for layer in module.modules():
+        if isinstance(layer, TaskLinear):
+            bound = 1.0 / math.sqrt(layer.weight.shape[0])
+            with torch.no_grad():
+                layer.weight.uniform_(-bound, bound)
+                layer.bias.uniform_(-bound, bound)
+
+
 def output_size(conv: nn.Conv2d, x: Tensor) -> tuple[int, int]:
     """The (H, W) that ``conv`` makes of a batch ``x``."""
     return tuple(
