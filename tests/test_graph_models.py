@@ -113,6 +113,10 @@ def test_embedding_equals_the_dense_gcn(model: str, readout: str, density: float
     if model == "gmeta":  # raw features: both kinds of Z are exercised (P = ÂX is denser)
         assert isinstance(encoder.plan(nodes).rows, Tensor) == (density > 0.1)
         assert isinstance(encoder.ops.features, np.ndarray) == (density > DENSE_FROM)
+        # plans are kept per dtype (and device) of the weights: a moved model gets its own
+        encoder.double()
+        assert encoder(nodes).dtype == torch.float64 and len(encoder._plans) == 2
+        encoder.float()
     # and W1's gradient (through Zᵀ·G when Z is sparse)
     got.sum().backward()
     w1 = encoder.lin1.weight

@@ -247,16 +247,17 @@ class GCNEncoder(nn.Module):
         self.lin1 = TaskLinear(features, hidden)
         self.lin2 = TaskLinear(hidden, hidden)
         self.modulation = Modulation(subset) if subset else None
-        self._plans: OrderedDict[bytes, Plan] = OrderedDict()
+        self._plans: OrderedDict[tuple[bytes, torch.dtype, torch.device], Plan] = OrderedDict()
         self._bytes = 0
 
     def plan(self, nodes: Tensor) -> Plan:
         """The cached plan of ``nodes`` (the same list is seen at every inner step)."""
         ids = nodes.detach().cpu().numpy()
-        key = ids.tobytes() + str(self.lin1.weight.dtype).encode()
+        like = self.lin1.weight  # a plan lives with the weights: a moved model gets new plans
+        key = (ids.tobytes(), like.dtype, like.device)
         plan = self._plans.get(key)
         if plan is None:
-            plan = self.ops.plan(ids, self.readout).to(self.lin1.weight)
+            plan = self.ops.plan(ids, self.readout).to(like)
             self._plans[key] = plan
             self._bytes += plan.nbytes
             while self._bytes > PLAN_BYTES and len(self._plans) > 2:  # least recently used
