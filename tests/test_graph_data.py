@@ -454,6 +454,11 @@ BAD: dict[str, tuple[Callable[[Path], None], list[str], str]] = {
         "Amazon-Computer not found: expected .*npz/amazon_electronics_computers.npz "
         ".*gnn-benchmark",
     ),
+    "missing corafull": (  # TLP's CoraFull is PyG's CitationFull: graph2gauss's cora.npz
+        lambda root: (root / "npz" / "cora_full.npz").unlink(),
+        ["data.name=corafull", "task.ways=5"],
+        "CoraFull not found: expected .*npz/cora_full.npz .*graph2gauss/raw/master/data/cora.npz",
+    ),
     "random pickle": (random_bytes(f"{PLANETOID}.allx"), CITESEER, "allx is corrupt"),
     "truncated pickle": (truncate(f"{PLANETOID}.tx"), CITESEER, "tx is corrupt or truncated"),
     "evil pickle": (evil_pickle, CITESEER, "graph is corrupt .*posix.system, not Planetoid"),

@@ -54,6 +54,7 @@ from cmlearn.registry import DATASETS, check
 PLANETOID_PARTS = ("allx", "ally", "tx", "ty", "graph", "test.index")
 PLANETOID_URL = "https://github.com/kimiyoung/planetoid/raw/master/data/ind.{}.{}"
 NPZ_URL = "https://github.com/shchur/gnn-benchmark/raw/master/data/npz/{}"
+G2G_CORA = "https://github.com/abojchevski/graph2gauss/raw/master/data/cora.npz"
 NPZ_KEYS = "adj_data, adj_indices, adj_indptr, adj_shape, attr_* (or attr_matrix), labels"
 TLP_SEED = 1234
 CSR = ("data", "indices", "indptr", "shape")
@@ -68,6 +69,7 @@ class GraphSpec:
     reader: str
     file: str
     classes: tuple[int, int, int] | None
+    url: str = ""  # where the npz comes from, when not gnn-benchmark's ``NPZ_URL``
 
 
 GRAPHS = {
@@ -79,7 +81,8 @@ GRAPHS = {
     ),
     "amazon-photo": GraphSpec("Amazon-Photo", "npz", "amazon_electronics_photo.npz", None),
     "coauthor-cs": GraphSpec("Coauthor-CS", "npz", "ms_academic_cs.npz", (5, 5, 5)),
-    "corafull": GraphSpec("CoraFull", "npz", "cora_full.npz", (40, 15, 15)),
+    # TLP read CoraFull through PyG's CitationFull, i.e. graph2gauss's cora.npz (19,793 nodes)
+    "corafull": GraphSpec("CoraFull", "npz", "cora_full.npz", (40, 15, 15), G2G_CORA),
 }
 
 
@@ -195,11 +198,11 @@ def read_graph(name: str, root: Path, cache_dir: Path, binary: bool = True) -> G
             url = (
                 PLANETOID_URL.format(spec.file, part)
                 if spec.reader == "planetoid"
-                else NPZ_URL.format(spec.file)
+                else spec.url or NPZ_URL.format(spec.file)
             )
             raise CmlearnError(
-                f"{spec.title} not found: expected {path} (download {url} into {path.parent}, "
-                f"or point --data-root / CMLEARN_DATA at the folder holding {path.parent.name}/)"
+                f"{spec.title} not found: expected {path} (download {url} as {path}, or point "
+                f"--data-root / CMLEARN_DATA at the folder holding {path.parent.name}/)"
             )
     try:
         key = source_key(paths, "graph", name)
