@@ -325,3 +325,35 @@ def test_compare_rejects_the_same_method_twice(cli, tmp_path):
     result = cli("compare", "--preset", "sinusoid-5shot-cpu", "--methods", "cml,maml+cml",
                  "--out", str(tmp_path))  # fmt: skip
     assert result.returncode == 2 and "once" in result.stderr
+
+
+def test_pair_folders_pairs_two_compares_on_their_shared_test_tasks(cli, tmp_path):
+    """scripts/pair_folders.py: B − A per method equals the difference of the two compares'
+    means (same tasks), and folders tested on other tasks are refused."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "pair_folders.py"
+    spec = importlib.util.spec_from_file_location("pair_folders", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def compare(out: str, *sets: str) -> dict:
+        args = ["compare", "--preset", "sinusoid-5shot-cpu", "--methods", "maml,cml", "--seeds",
+                "0,1", "--steps", "20", "--tasks", "30", "--out", str(tmp_path / out), "--json",
+                "--quiet", "--dagger", "none", *FAST, *sets]  # fmt: skip
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr
+        return {r["method"]: r["mean"] for r in json.loads(result.stdout)["summary"]}
+
+    a = compare("a")
+    b = compare("b", "--set", "task.val_queries=7")  # another selection, the same test tasks
+    report = script.pair_folders(tmp_path / "a", tmp_path / "b", ["maml", "cml"], [0, 1])
+    for method in ("maml", "cml"):
+        row = report["methods"][method]
+        assert row["a"]["mean"] == pytest.approx(a[method])
+        assert row["b_minus_a"]["mean"] == pytest.approx(b[method] - a[method])
+    assert report["vs_first"]["cml"]["b"]["mean"] == pytest.approx(b["cml"] - b["maml"])
+    compare("c", "--set", "task.eval_queries=9")  # other test tasks: nothing to pair
+    assert script.main([str(tmp_path / "a"), str(tmp_path / "c"), "--methods", "maml,cml",
+                        "--seeds", "0,1"]) == 2  # fmt: skip
