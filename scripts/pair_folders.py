@@ -23,7 +23,7 @@ import numpy as np
 from cmlearn import CmlearnError
 from cmlearn.build import build_source
 from cmlearn.evaluate import CHUNK, fixed_tasks, paired, run_scores, summarize
-from cmlearn.runs import load_run
+from cmlearn.runs import load_run, read_config
 from cmlearn.runtime import Runtime
 
 
@@ -31,8 +31,7 @@ def folder_scores(
     folder: Path, methods: list[str], seeds: list[int], runtime: Runtime
 ) -> tuple[dict[str, np.ndarray], bytes]:
     """Per method the seed-averaged per-task test scores, and the digest of the test tasks."""
-    first = folder / f"{methods[0]}-s{seeds[0]}"
-    cfg, _ = load_run(first, runtime=runtime)
+    cfg = read_config(folder / f"{methods[0]}-s{seeds[0]}")
     source = build_source(cfg, runtime)
     tasks = fixed_tasks(source, cfg.eval.tasks, cfg.eval.seed, "test")
     digest = b"".join(chunk.digest() for chunk in tasks)

@@ -37,7 +37,7 @@ class ClassificationSource:
     val_queries: int = 0
 
     def __post_init__(self) -> None:
-        check_sizes(self, self.dataset)
+        check_sizes(self)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -74,11 +74,11 @@ class ClassificationSource:
         )
 
 
-def check_sizes(source, dataset, unit: str = "examples") -> None:
+def check_sizes(source, unit: str = "examples") -> None:
     """Refuse tasks a split cannot fill: fewer than ``ways`` classes, or a class with fewer than
-    ``shots`` + the split's queries members (``dataset``: ``name``, ``splits[split]``,
+    ``shots`` + the split's queries members (``source.dataset``: ``name``, ``splits[split]``,
     ``min_count``)."""
-    ways, shots = source.ways, source.shots
+    dataset, ways, shots = source.dataset, source.ways, source.shots
     for split in ("train", "val", "test"):
         q = split_queries(source, split)
         n = len(dataset.splits[split])

@@ -41,8 +41,7 @@ class NodeTaskSource:
     val_queries: int = 0
 
     def __post_init__(self) -> None:
-        ds = self.dataset
-        check_sizes(self, ds, unit="nodes")
+        check_sizes(self, unit="nodes")
         fewest = min(split_queries(self, split) for split in ("train", "val", "test"))
         smallest = self.ways * (self.shots + fewest)
         if self.context > smallest:
