@@ -118,3 +118,21 @@ def test_pooled_blocks_pool_before_the_relu_with_the_same_derivatives_bit_for_bi
     assert torch.equal(g[0], g[1])
     gg = [torch.autograd.grad(gi.square().sum(), x)[0] for gi in g]
     assert torch.equal(gg[0], gg[1])
+
+
+@pytest.mark.parametrize(("size", "side"), [(28, 3), (32, 4)])
+def test_conv4_last_map_side(size: int, side: int) -> None:
+    """The body's last map is 3×3 at 28 px (the head's 2×2 pool reads its top-left 2×2) and
+    4×4 at 32 px (``omniglot-5w1s-32px-cpu``: the pool reads all of it)."""
+    from cmlearn.presets import get_preset
+
+    net = Cooperative(ConvNet(1, 5, size, channels=4), None)
+    assert tuple(net.features(torch.zeros(2, 1, size, size)).shape) == (2, 4, side, side)
+    cfg = get_preset("omniglot-5w1s-32px-cpu")
+    assert cfg.data.options.image_size == 32
+    base = get_preset("omniglot-5w1s-cpu").to_dict()
+    other = cfg.to_dict()
+    for c in (base, other):
+        c.pop("preset")
+        c["data"]["options"].pop("image_size", None)
+    assert base == other

@@ -13,6 +13,10 @@ pool in the head) and the paper's Conv(2)+FC co-learner on the pre-pool 3×3 map
   of α = 0.5 at training and test, meta-batch 4, 15 queries per class, 30,000 iterations,
   validation on 100 tasks every 100 iterations, γ = 1.
 - ``-cpu``: the same method sized for about 45 minutes on one core (see ``CPU`` below).
+- ``omniglot-5w1s-32px-cpu``: ``omniglot-5w1s-cpu`` with 32×32 images. At 28 px Conv-4's last
+  map is 3×3 and the head's 2×2 max-pool reads only its top-left 2×2, so the meta-learner's
+  loss sends no gradient to 5 of the 9 positions while a co-learner's does; at 32 px the map
+  is 4×4 and nothing is dropped. The control for what a co-learner's gradient does there.
 
 γ = 1 everywhere: the paper's image experiments (App. A.1, the official ``run_cml.sh``, and
 Table 5's γ = 1 row, which equals Table 1's MAML + CML row) use it; §4.2's "0.5" contradicts
@@ -51,9 +55,11 @@ def _omniglot(
     val_every: int,
     val_tasks: int,
     threads: int = 0,
+    size: int = 28,
 ) -> dict:
+    options: dict = {"split": "vinyals"} | ({"image_size": size} if size != 28 else {})
     return {
-        "data": {"name": "omniglot", "options": {"split": "vinyals"}},
+        "data": {"name": "omniglot", "options": options},
         "task": {
             "ways": ways,
             "shots": shots,
@@ -89,6 +95,11 @@ for (_n, _k), (_steps, _lr, _mb) in FINN.items():
             _n, _k, (_steps, _lr), 8, 5, CPU[_n, _k], _steps, max(CPU[_n, _k] // 12, 5), 100, 1
         ),
     )
+PRESETS["omniglot-5w1s-32px-cpu"] = (
+    "Omniglot 5-way 1-shot at 32×32 px, otherwise omniglot-5w1s-cpu (the head reads the whole "
+    "4×4 map)",
+    _omniglot(5, 1, (1, 0.4), 8, 5, CPU[5, 1], 1, CPU[5, 1] // 12, 100, 1, size=32),
+)
 for _k in (1, 5):
     PRESETS[f"omniglot-5w{_k}s-paper"] = (
         f"Omniglot 5-way {_k}-shot, the CML image code's settings (Table 2), 30k iterations",
