@@ -4,6 +4,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from cmlearn.bench import main  # noqa: E402
+from cmlearn.app.bench.suite import main  # noqa: E402
 
 raise SystemExit(main())

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from cmlearn import CmlearnError
-from cmlearn.build import build_source
-from cmlearn.evaluate import CHUNK, fixed_tasks, paired, run_scores, summarize
-from cmlearn.runs import load_run, read_config
-from cmlearn.runtime import Runtime
+from cmlearn.app.build import build_source
+from cmlearn.app.evaluate import CHUNK, fixed_tasks, paired, run_scores, summarize
+from cmlearn.app.runs import load_run, read_config
+from cmlearn.app.runtime import Runtime
 
 
 def folder_scores(

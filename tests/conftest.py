@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmlearn.algorithms import InnerRule, algorithm_rule
-from cmlearn.cml import CoLearnerSpec
-from cmlearn.engine import Learner
-from cmlearn.models import MLP, Cooperative, build_colearner
-from cmlearn.presets import get_preset
-from cmlearn.tasks import SinusoidFamily
-from cmlearn.tasks.batch import generator
+from cmlearn.app.config import get_preset
+from cmlearn.core.algorithms import InnerRule, algorithm_rule
+from cmlearn.core.cml import CoLearnerSpec
+from cmlearn.core.engine import Learner
+from cmlearn.core.models import MLP, Cooperative, build_colearner
+from cmlearn.core.tasks import SinusoidFamily
+from cmlearn.core.tasks.batch import generator
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Tests never touch the user's cache; the real data (../shared/data beside the checkout, as in

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch.distributed as tdist
 
 from cmlearn import CmlearnError, Interrupted
-from cmlearn.config import Config
-from cmlearn.engine import Learner
-from cmlearn.train import outer_step, train
+from cmlearn.app.config import Config
+from cmlearn.app.train import outer_step, train
+from cmlearn.core.engine import Learner
 
 
 def step_with(action: str, rank: int, at: int):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmlearn.algorithms import ALGORITHMS, InnerRule, adapt, algorithm_rule
-from cmlearn.algorithms.rule import Stage, group_of
-from cmlearn.engine import expand, forward_tasks, task_losses
+from cmlearn.core.algorithms import ALGORITHMS, InnerRule, adapt, algorithm_rule
+from cmlearn.core.algorithms.rule import Stage, group_of
+from cmlearn.core.engine import expand, forward_tasks, task_losses
 from tests.conftest import make_learner, sinusoid_batch
 
 

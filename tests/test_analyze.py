@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from cmlearn import CmlearnError
-from cmlearn.analysis import linear_cka
-from cmlearn.analysis.records import expand_runs, gradient_series, read_metrics
-from cmlearn.analysis.representations import task_activations
-from cmlearn.cli import main
-from cmlearn.config import Config
-from cmlearn.train import train
+from cmlearn.app.analysis import linear_cka
+from cmlearn.app.analysis.records import expand_runs, gradient_series, read_metrics
+from cmlearn.app.analysis.representations import task_activations
+from cmlearn.app.cli import main
+from cmlearn.app.config import Config
+from cmlearn.app.train import train
 from tests.conftest import make_learner, sinusoid_batch
 
 FIGURES = (
@@ -102,7 +102,7 @@ def test_a_compare_folder_expands_to_its_runs(tmp_path):
 
 
 def test_missing_scikit_learn_is_one_clear_error(monkeypatch, tmp_path):
-    from cmlearn.analysis.report import analyze
+    from cmlearn.app.analysis.report import analyze
 
     monkeypatch.setitem(sys.modules, "sklearn.manifold", None)
     with pytest.raises(CmlearnError, match="scikit-learn"):

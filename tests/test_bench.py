@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from cmlearn import bench
-from cmlearn.runtime import Runtime
+from cmlearn.app.bench import suite as bench
+from cmlearn.app.runtime import Runtime
 
 CHARACTERS = {  # zip set -> alphabet -> characters; split -> the characters it names
     "background": {"Alpha": ["character01", "character02", "character03", "character04"]},
@@ -186,7 +186,7 @@ def test_a_variant_can_time_its_own_number_of_steps():
 def test_resnet12_benchmark_compares_equal_meta_losses_and_reports_its_figures(keep_threads):
     """Narrow widths keep it quick; the harness itself refuses to time implementations whose
     meta-losses differ, so reaching the report means engine and reference agreed."""
-    from cmlearn.bench_resnet import bench as bench_resnet
+    from cmlearn.app.bench.resnet import bench as bench_resnet
 
     out = bench_resnet(quick=True, widths=(4, 4, 8, 8), conv_shapes=((2, 256), (3, 8)))
     assert out["status"] == "ok" and out["best_strategy"] in ("loop", "vmap")

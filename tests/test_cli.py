@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cmlearn.cli import main
+from cmlearn.app.cli import main
 
 FAST = [
     "--set",
@@ -161,7 +161,7 @@ def test_compare_json_uses_the_same_tasks_for_every_method(cli, tmp_path):
             assert row["train_seconds"] is None
         else:  # the median of two seeds
             assert row["train_seconds"] == pytest.approx(sum(times) / 2) and min(times) > 0
-    from cmlearn.compare import format_table
+    from cmlearn.app.compare import format_table
 
     lines = {line.split()[0]: line for line in format_table(report).splitlines()}
     assert lines["cml†"].endswith("—")

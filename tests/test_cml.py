@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from cmlearn.engine import expand, task_losses
-from cmlearn.runs import MODEL, load_run
-from cmlearn.train import train
+from cmlearn.app.runs import MODEL, load_run
+from cmlearn.app.train import train
+from cmlearn.core.engine import expand, task_losses
 from tests.conftest import make_learner, sinusoid_batch
 
 
@@ -109,7 +109,7 @@ def test_random_colearner_is_never_updated_but_shapes_the_body(tiny_cfg, tmp_pat
 
 
 def make_initial_colearner(cfg):
-    from cmlearn.build import build_learner, build_source
+    from cmlearn.app.build import build_learner, build_source
 
     learner = build_learner(cfg, build_source(cfg))
     return {k: v.clone() for k, v in learner.net.colearner.state_dict().items()}
@@ -181,7 +181,7 @@ def test_eval_mode_without_colearner_is_rejected():
 
 def cl_scores() -> tuple[torch.Tensor, torch.Tensor]:
     """A CL run's CL† loss (ϕ adapted) and the same weights' CML† (ϕ as meta-learned)."""
-    from cmlearn.cml import CoLearnerSpec
+    from cmlearn.core.cml import CoLearnerSpec
 
     learner = make_learner(mode="cl", gamma=1.0)
     batch = sinusoid_batch()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cmlearn import CmlearnError
-from cmlearn.config import Config
-from cmlearn.presets import PRESETS, get_preset
+from cmlearn.app.config import Config, get_preset
+from cmlearn.app.presets import PRESETS
 
 
 def test_presets_cover_the_paper_settings():

@@ -22,12 +22,12 @@ import torch
 from PIL import Image, ImageDraw
 
 from cmlearn import CmlearnError
-from cmlearn.cli import main
-from cmlearn.data import ClassDataset, ClassSplit
-from cmlearn.data import omniglot as og
-from cmlearn.data.cache import CACHE_FORMAT, source_key
-from cmlearn.registry import DATASETS
-from cmlearn.tasks import ClassificationSource, TaskBatch, generator
+from cmlearn.app.cli import main
+from cmlearn.app.data import ClassDataset, ClassSplit
+from cmlearn.app.data import omniglot as og
+from cmlearn.app.data.cache import CACHE_FORMAT, source_key
+from cmlearn.core.registry import DATASETS
+from cmlearn.core.tasks import ClassificationSource, TaskBatch, generator
 
 # The real data: CMLEARN_DATA, else ../shared/data beside the checkout (as in CI).
 REAL = Path(
@@ -435,9 +435,9 @@ BAD: dict[str, tuple[Callable[[Path, Path], None], list[str], str]] = {
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_input_is_a_one_line_error(root: Path, cache: Path, case: str) -> None:
-    from cmlearn.build import build_source
-    from cmlearn.presets import get_preset
-    from cmlearn.runtime import Runtime
+    from cmlearn.app.build import build_source
+    from cmlearn.app.config import get_preset
+    from cmlearn.app.runtime import Runtime
 
     prepare, sets, message = BAD[case]
     prepare(root, cache)

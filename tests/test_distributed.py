@@ -21,10 +21,10 @@ import pytest
 import torch
 import torch.distributed as tdist
 
-from cmlearn.cli import main as cli_main
-from cmlearn.presets import get_preset
-from cmlearn.runs import CHECKPOINT
-from cmlearn.train import train
+from cmlearn.app.cli import main as cli_main
+from cmlearn.app.config import get_preset
+from cmlearn.app.runs import CHECKPOINT
+from cmlearn.app.train import train
 
 pytestmark = pytest.mark.skipif(
     not (tdist.is_available() and tdist.is_gloo_available()), reason="no gloo backend"
@@ -214,14 +214,14 @@ def test_cli_nproc_is_checked_before_launching(tmp_path, capsys, monkeypatch):
 
 
 def test_the_ddp_benchmark_is_skipped_without_omniglot(tmp_path):
-    from cmlearn.bench_ddp import ddp_2proc_speedup
+    from cmlearn.app.bench.ddp import ddp_2proc_speedup
 
     result = ddp_2proc_speedup(data_root=tmp_path)
     assert result["status"] == "skipped" and "images_background.zip" in result["note"]
 
 
 def test_the_ddp_benchmark_times_the_all_reduce_under_the_step_being_timed():
-    from cmlearn.bench_ddp import _timed
+    from cmlearn.app.bench.ddp import _timed
 
     calls = []
     into: dict[str, list[float]] = {"maml": [], "cml": []}

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cmlearn.evaluate import batches, fixed_tasks, paired, summarize
-from cmlearn.tasks import SinusoidSource
+from cmlearn.app.evaluate import batches, fixed_tasks, paired, summarize
+from cmlearn.core.tasks import SinusoidSource
 
 
 def test_summary_is_mean_and_t_interval():
@@ -34,9 +34,9 @@ def test_paired_difference_removes_shared_task_difficulty():
 
 
 def test_test_tasks_are_fixed_and_prefix_stable(monkeypatch):
-    import cmlearn.evaluate
+    import cmlearn.app.evaluate
 
-    monkeypatch.setattr(cmlearn.evaluate, "CHUNK", 8)  # several chunks
+    monkeypatch.setattr(cmlearn.app.evaluate, "CHUNK", 8)  # several chunks
     source = SinusoidSource(5, 10, 20)
     a = batches(fixed_tasks(source, 30, 7, "test"))
     b = batches(fixed_tasks(source, 12, 7, "test"))
@@ -53,11 +53,11 @@ def test_test_tasks_are_fixed_and_prefix_stable(monkeypatch):
 
 
 def test_run_scores_are_cached_by_everything_they_depend_on(tmp_path, monkeypatch):
-    import cmlearn.evaluate as ev
-    from cmlearn.build import build_source
-    from cmlearn.cli import main
-    from cmlearn.runs import MODEL, load_run
-    from cmlearn.runtime import Runtime
+    import cmlearn.app.evaluate as ev
+    from cmlearn.app.build import build_source
+    from cmlearn.app.cli import main
+    from cmlearn.app.runs import MODEL, load_run
+    from cmlearn.app.runtime import Runtime
 
     run = tmp_path / "run"
     fast = ["--set", "model.hidden=8,8", "--set", "train.val_tasks=5", "--set", "train.val_every=5"]

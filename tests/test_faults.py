@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmlearn import CmlearnError, files
-from cmlearn.cli import main
-from cmlearn.runs import CHECKPOINT, METRICS, MODEL, RunFolder, read_state
-from cmlearn.train import _StopFlag, outer_step, train
+from cmlearn import CmlearnError
+from cmlearn.app import files
+from cmlearn.app.cli import main
+from cmlearn.app.runs import CHECKPOINT, METRICS, MODEL, RunFolder, read_state
+from cmlearn.app.train import _StopFlag, outer_step, train
 from tests.test_train import _assert_same_run, _records
 
 SLOW_RUN = [

@@ -15,11 +15,10 @@ import sys
 
 import pytest
 
-import cmlearn.train
-from cmlearn.build import build_learner, build_source
-from cmlearn.cli import main
-from cmlearn.config import _flatten
-from cmlearn.presets import get_preset
+import cmlearn.app.train
+from cmlearn.app.build import build_learner, build_source
+from cmlearn.app.cli import main
+from cmlearn.app.config import _flatten, get_preset
 
 PRESETS = ["sinusoid-5shot-cpu", "sinusoid-10shot", "omniglot-5w1s-cpu", "nope", "", "ü"]
 VALUES = [
@@ -111,7 +110,7 @@ def test_fuzzed_command_lines_are_one_line_errors_or_valid_runs(monkeypatch, cap
         accepted.append((argv, cfg))
         return {"run": str(out)}
 
-    monkeypatch.setattr(cmlearn.train, "train", build_only)
+    monkeypatch.setattr(cmlearn.app.train, "train", build_only)
     rng = random.Random(2026)
     keys = _keys()
     previous = signal.signal(signal.SIGALRM, _alarm)
@@ -141,7 +140,7 @@ def test_fuzzed_command_lines_are_one_line_errors_or_valid_runs(monkeypatch, cap
 @pytest.mark.parametrize("index", range(3))
 def test_accepted_fuzzed_settings_train_for_real(index, monkeypatch, capsys, tmp_path):
     """Sinusoid cases the checks accept really train (2 steps), within a time limit."""
-    monkeypatch.setattr(cmlearn.train, "train", lambda cfg, out, **kwargs: {})
+    monkeypatch.setattr(cmlearn.app.train, "train", lambda cfg, out, **kwargs: {})
     rng = random.Random(100 + index)
     keys = [k for k in _keys() if not k.startswith(("data", "train.steps", "train.val"))]
     for _ in range(500):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmlearn.engine import STRATEGIES
+from cmlearn.core.engine import STRATEGIES
 from tests.conftest import central_difference, make_learner, sinusoid_batch
 
 

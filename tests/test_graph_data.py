@@ -21,14 +21,14 @@ import scipy.sparse as sp
 import torch
 
 from cmlearn import CmlearnError
-from cmlearn.build import build_source
-from cmlearn.cli import main
-from cmlearn.config import Config
-from cmlearn.data import NodeDataset
-from cmlearn.data import graphs as gr
-from cmlearn.registry import DATASETS
-from cmlearn.runtime import Runtime
-from cmlearn.tasks import NodeTaskSource, generator
+from cmlearn.app.build import build_source
+from cmlearn.app.cli import main
+from cmlearn.app.config import Config
+from cmlearn.app.data import NodeDataset
+from cmlearn.app.data import graphs as gr
+from cmlearn.app.runtime import Runtime
+from cmlearn.core.registry import DATASETS
+from cmlearn.core.tasks import NodeTaskSource, generator
 
 REAL = Path(
     os.environ.get("CMLEARN_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -13,16 +13,15 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-import cmlearn.train as training
+import cmlearn.app.train as training
 from cmlearn import CmlearnError, Interrupted
-from cmlearn.build import build_learner
-from cmlearn.cli import main
-from cmlearn.config import Config
-from cmlearn.data.graphs import Graph, NodeDataset, class_split, process
-from cmlearn.models.graph import DENSE_FROM
-from cmlearn.presets import get_preset
-from cmlearn.tasks import NodeTaskSource, generator
-from cmlearn.train import make_optimizer, outer_step, train
+from cmlearn.app.build import build_learner
+from cmlearn.app.cli import main
+from cmlearn.app.config import Config, get_preset
+from cmlearn.app.data.graphs import Graph, NodeDataset, class_split, process
+from cmlearn.app.train import make_optimizer, outer_step, train
+from cmlearn.core.models.graph import DENSE_FROM
+from cmlearn.core.tasks import NodeTaskSource, generator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -90,7 +89,7 @@ def dense_embedding(graph: Graph, encoder, nodes: Tensor, readout: str, scale=No
 def test_graph_models_refuse_vmap_and_batched_in_one_line(model: str) -> None:
     """Their forward picks operators by node id on the host, which vmap cannot trace."""
     from cmlearn import CmlearnError
-    from cmlearn.build import resolve_strategy
+    from cmlearn.app.build import resolve_strategy
 
     net = build_learner(config(model), source(context=4 if model == "ammgnn" else 0)).net
     for strategy, message in (("vmap", "cannot run GraphModel.*use loop"), ("batched", "per-task")):
@@ -265,7 +264,7 @@ def test_second_order_meta_gradient_matches_finite_differences(float64) -> None:
 
 @pytest.mark.parametrize("model", ["gcn", "gmeta", "ammgnn"])
 def test_inference_model_has_the_base_parameters(model: str) -> None:
-    from cmlearn.runs import inference_state
+    from cmlearn.app.runs import inference_state
 
     src = source(context=4 if model == "ammgnn" else 0)
     base = build_learner(config(model), src)
@@ -323,7 +322,7 @@ def test_early_stopping_stops_and_stays_stopped(tiny_cfg, tmp_path: Path) -> Non
     assert all(v >= best_before for v in vals[-2:]) and min(vals[:-1]) == min(vals[:-2])
     again = train(cfg, tmp_path / "run", resume=True, progress=False)
     assert again["steps"] == summary["steps"]
-    from cmlearn.runs import RunFolder
+    from cmlearn.app.runs import RunFolder
 
     assert 0 < RunFolder(tmp_path / "run").train_seconds() < summary["seconds"] + 1
 
@@ -386,11 +385,11 @@ def test_citeseer_preset_trains_and_tests(method: str, tmp_path: Path, capsys) -
 
 
 def test_tlp_protocol_stores_the_test_at_the_best_validation(tmp_path: Path, monkeypatch) -> None:
-    import cmlearn.compare as comparing
-    import cmlearn.runs as runs
-    from cmlearn.compare import compare
-    from cmlearn.evaluate import scores
-    from cmlearn.runs import RunFolder, load_run
+    import cmlearn.app.compare as comparing
+    import cmlearn.app.runs as runs
+    from cmlearn.app.compare import compare
+    from cmlearn.app.evaluate import scores
+    from cmlearn.app.runs import RunFolder, load_run
 
     src = source()
     for module in (training, comparing, runs):
@@ -422,7 +421,7 @@ def test_tlp_protocol_stores_the_test_at_the_best_validation(tmp_path: Path, mon
         values = np.array(stored[row["method"]])
         assert row["mean"] == pytest.approx(values.mean())
         assert row["tlp_interval"] == pytest.approx(1.96 * values.std(1).mean() / np.sqrt(6))
-    from cmlearn.compare import format_table
+    from cmlearn.app.compare import format_table
 
     assert "TLP" in format_table(report)
 
@@ -430,7 +429,7 @@ def test_tlp_protocol_stores_the_test_at_the_best_validation(tmp_path: Path, mon
 def test_graph_benchmark_reference_computes_our_meta_loss() -> None:
     """The dense re-extracting G-Meta of ``cmlearn bench`` and ours agree (else the timing
     comparison would be void), and both back-propagate."""
-    from cmlearn.bench_graph import ours, reference, step
+    from cmlearn.app.bench.graph import ours, reference, step
 
     src = source()
     cfg = config("gmeta", **{"model.options.dropout": 0.0})
@@ -446,8 +445,8 @@ def test_graph_benchmark_reference_computes_our_meta_loss() -> None:
 def test_graph_presets_are_first_order_as_tlp() -> None:
     """A preset names ``fomaml`` and its rule must say so too (``cmlearn train --preset`` does
     not re-apply the algorithm)."""
-    from cmlearn.algorithms import OWNED
-    from cmlearn.presets import PRESETS
+    from cmlearn.app.presets import PRESETS
+    from cmlearn.core.algorithms import OWNED
 
     for name in (n for n in PRESETS if n.split("-")[-1] in ("gmeta", "ammgnn", "gcn", "paper")):
         cfg = get_preset(name)

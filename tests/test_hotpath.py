@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from cmlearn import bench
-from cmlearn.engine import Learner, module_forward
-from cmlearn.models import MLP, Cooperative, TaskLinear, build_colearner
+from cmlearn.app.bench import suite as bench
+from cmlearn.core.engine import Learner, module_forward
+from cmlearn.core.models import MLP, Cooperative, TaskLinear, build_colearner
 from tests.conftest import make_learner, sinusoid_batch
 from tests.test_graph_models import config, source
 from tests.test_models import conv_learner
@@ -101,7 +101,7 @@ def test_cml_with_gamma_zero_equals_maml_on_the_pure_path():
 
 
 def test_models_without_a_pure_form_take_the_general_path():
-    from cmlearn.build import build_learner
+    from cmlearn.app.build import build_learner
 
     for learner in (conv_learner(), build_learner(config("gmeta", "cml"), source())):
         assert learner.net.pure_forward() is None

@@ -24,12 +24,12 @@ import torch
 from PIL import Image
 
 from cmlearn import CmlearnError
-from cmlearn.cli import main
-from cmlearn.config import TaskConfig
-from cmlearn.data import catalog, images
-from cmlearn.data.images import Prep
-from cmlearn.registry import DATASETS, SAMPLERS
-from cmlearn.tasks import ClassificationSource, generator
+from cmlearn.app.cli import main
+from cmlearn.app.config import TaskConfig
+from cmlearn.app.data import catalog, images
+from cmlearn.app.data.images import Prep
+from cmlearn.core.registry import DATASETS, SAMPLERS
+from cmlearn.core.tasks import ClassificationSource, generator
 from tests.image_fixtures import (
     CIFAR100,
     CIFAR_COARSE,

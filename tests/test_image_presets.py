@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmlearn.compare import compare
-from cmlearn.presets import PRESETS, TABLES, describe, get_preset
-from cmlearn.presets import images as image_presets
-from cmlearn.runtime import Runtime
+from cmlearn.app.compare import compare
+from cmlearn.app.config import get_preset
+from cmlearn.app.presets import PRESETS, TABLES, describe
+from cmlearn.app.presets import images as image_presets
+from cmlearn.app.runtime import Runtime
 from tests.image_fixtures import write_fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")

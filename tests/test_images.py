@@ -9,13 +9,13 @@ from torch import nn
 from torch.func import functional_call
 
 from cmlearn import CmlearnError
-from cmlearn.algorithms import InnerRule
-from cmlearn.cml import CoLearnerSpec
-from cmlearn.config import Config
-from cmlearn.engine import Learner
-from cmlearn.models import ConvNet, Cooperative, build_colearner, parameter_counts
-from cmlearn.models.layers import Conv2d, StepBatchNorm2d
-from cmlearn.train import make_optimizer, outer_step
+from cmlearn.app.config import Config
+from cmlearn.app.train import make_optimizer, outer_step
+from cmlearn.core.algorithms import InnerRule
+from cmlearn.core.cml import CoLearnerSpec
+from cmlearn.core.engine import Learner
+from cmlearn.core.models import ConvNet, Cooperative, build_colearner, parameter_counts
+from cmlearn.core.models.layers import Conv2d, StepBatchNorm2d
 from tests.conftest import central_difference, needs_omniglot
 from tests.test_models import image_tasks
 
@@ -99,7 +99,7 @@ def omniglot_like(
     mode: str, gamma: float, algorithm: str = "maml", steps: int = 1, **model
 ) -> Learner:
     """A learner built by the library from a Conv-4 config (no data needed: 1×28×28, 5-way)."""
-    from cmlearn.build import build_learner
+    from cmlearn.app.build import build_learner
 
     cfg = Config().apply(
         [
@@ -257,7 +257,7 @@ def test_maml_adapts_batchnorm_but_mamlpp_does_not():
 def test_omniglot_cml_end_to_end_saves_exactly_mamls_network(tmp_path):
     """Train a few steps on real Omniglot through the CLI, evaluate every mode; the saved
     inference model has MAML's parameters and nothing of the co-learner."""
-    from cmlearn.cli import main
+    from cmlearn.app.cli import main
 
     tiny = ["--set", "train.val_every=2", "--set", "train.val_tasks=4", "--set", "eval.tasks=6",
             "--set", "model.channels=8", "--set", "task.meta_batch=2", "--quiet"]  # fmt: skip
@@ -289,7 +289,7 @@ def test_omniglot_cml_end_to_end_saves_exactly_mamls_network(tmp_path):
     ],
 )  # fmt: skip
 def test_bad_image_settings_are_one_line_errors(tmp_path, capsys, args, message):
-    from cmlearn.cli import main
+    from cmlearn.app.cli import main
 
     code = main(["train", "--preset", "omniglot-5w1s-cpu", "--steps", "1", "--quiet",
                  "--out", str(tmp_path / "r"), *args])  # fmt: skip
@@ -318,8 +318,8 @@ def test_every_algorithm_and_control_runs_on_conv4(algorithm, mode):
 
 
 def test_train_prints_the_parameter_counts_of_table_4():
-    from cmlearn.models.cooperative import parameter_counts
-    from cmlearn.train import describe_counts
+    from cmlearn.app.train import describe_counts
+    from cmlearn.core.models.cooperative import parameter_counts
 
     net = Cooperative(ConvNet(3, 5, 84), build_colearner((64, 10, 10), 5, conv_layers=2))
     line = describe_counts(parameter_counts(net))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from cmlearn import CmlearnError
-from cmlearn.leaks import BOUND_MIB, memory_growth
+from cmlearn.app.bench.leaks import BOUND_MIB, memory_growth
 from tests.conftest import needs_omniglot
 
 
@@ -32,7 +32,7 @@ def test_an_injected_leak_is_caught():
 
 
 def test_a_fresh_process_worker_fails_in_one_line():
-    from cmlearn.leaks import fresh_json
+    from cmlearn.app.bench.leaks import fresh_json
 
     assert fresh_json(["-c", "print('noise'); print('{\"a\": 1}')"], "w") == {"a": 1}
     for args, message in (

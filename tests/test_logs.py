@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from cmlearn import CmlearnError
-from cmlearn.cli import main
-from cmlearn.logs import TENSORBOARD_DIR
-from cmlearn.train import train
+from cmlearn.app.cli import main
+from cmlearn.app.logs import TENSORBOARD_DIR
+from cmlearn.app.train import train
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import (  # noqa: E402

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cmlearn.algorithms import InnerRule
-from cmlearn.cml import CoLearnerSpec
-from cmlearn.engine import Learner
-from cmlearn.models import ConvNet, Cooperative, build_colearner
-from cmlearn.tasks import TaskBatch
+from cmlearn.core.algorithms import InnerRule
+from cmlearn.core.cml import CoLearnerSpec
+from cmlearn.core.engine import Learner
+from cmlearn.core.models import ConvNet, Cooperative, build_colearner
+from cmlearn.core.tasks import TaskBatch
 
 
 def image_tasks(n_tasks=3, ways=3, shots=2, queries=3, size=8, seed=0) -> TaskBatch:
@@ -87,8 +87,8 @@ def test_running_bn_updates_buffers_and_changes_eval():
 
 def test_running_bn_requires_the_loop_strategy():
     from cmlearn import CmlearnError
-    from cmlearn.build import resolve_strategy
-    from cmlearn.config import Config
+    from cmlearn.app.build import resolve_strategy
+    from cmlearn.app.config import Config
 
     cfg = Config().override(["model.name=conv4", "model.bn=running", "train.strategy=vmap"])
     with pytest.raises(CmlearnError, match="loop"):
@@ -124,7 +124,7 @@ def test_pooled_blocks_pool_before_the_relu_with_the_same_derivatives_bit_for_bi
 def test_conv4_last_map_side(size: int, side: int) -> None:
     """The body's last map is 3×3 at 28 px (the head's 2×2 pool reads its top-left 2×2) and
     4×4 at 32 px (``omniglot-5w1s-32px-cpu``: the pool reads all of it)."""
-    from cmlearn.presets import get_preset
+    from cmlearn.app.config import get_preset
 
     net = Cooperative(ConvNet(1, 5, size, channels=4), None)
     assert tuple(net.features(torch.zeros(2, 1, size, size)).shape) == (2, 4, side, side)

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmlearn import CmlearnError
-from cmlearn.config import Config
-from cmlearn.models import Cooperative, ResNet12, build_colearner, parameter_counts
-from cmlearn.models.layers import Conv2d, StepBatchNorm2d, matmul_conv2d
-from cmlearn.models.resnet import DropBlock, ResBlock
-from cmlearn.registry import COLEARNERS, MODELS
-from cmlearn.train import make_optimizer, outer_step
+from cmlearn.app.config import Config
+from cmlearn.app.train import make_optimizer, outer_step
+from cmlearn.core.models import Cooperative, ResNet12, build_colearner, parameter_counts
+from cmlearn.core.models.layers import Conv2d, StepBatchNorm2d, matmul_conv2d
+from cmlearn.core.models.resnet import DropBlock, ResBlock
+from cmlearn.core.registry import COLEARNERS, MODELS
 from tests.test_models import image_tasks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -209,7 +209,7 @@ def test_resnet_colearner_structure_width_and_the_conv_colearners_avg_pool():
 
 def resnet_learner(algorithm: str = "maml", steps: int = 2, first_order: bool = False, **model):
     """A learner built by the library from a ResNet-12 config (1×16×16, 5-way, no data)."""
-    from cmlearn.build import build_learner
+    from cmlearn.app.build import build_learner
 
     cfg = Config().apply(
         [
@@ -315,7 +315,7 @@ def test_matmul_conv_is_f_conv2d_with_first_and_second_derivatives(
 
 def test_only_wide_cpu_convolutions_at_few_output_pixels_take_the_matmul_path(monkeypatch):
     calls = []
-    import cmlearn.models.layers as layers
+    import cmlearn.core.models.layers as layers
 
     real = layers.matmul_conv2d
     monkeypatch.setattr(layers, "matmul_conv2d", lambda *a: calls.append(a[0].shape) or real(*a))
@@ -366,7 +366,7 @@ def test_checkpointed_resnet_inner_loop_same_gradient_less_memory():
     the backward replays its random blocks (the same gradient) and stores far less."""
     import dataclasses
 
-    from cmlearn.bench import saved_mib
+    from cmlearn.app.bench.suite import saved_mib
 
     grads, memory = {}, {}
     for ckpt in (False, True):
@@ -384,7 +384,7 @@ def test_checkpointed_resnet_inner_loop_same_gradient_less_memory():
 
 
 def test_checkpointing_refuses_running_batchnorm_statistics():
-    from cmlearn.build import build_learner
+    from cmlearn.app.build import build_learner
 
     cfg = Config().apply(
         [("model.name", "resnet12"), ("model.widths", TINY), ("model.bn", "running"),

@@ -12,12 +12,8 @@ import torch
 from torch import nn
 
 from cmlearn import CmlearnError
-from cmlearn.algorithms import InnerRule, Stage, adapt, algorithm_rule
-from cmlearn.algorithms.rule import sam_perturbation
-from cmlearn.cml import CoLearnerSpec
-from cmlearn.config import Config
-from cmlearn.engine import Learner, expand, forward_tasks, task_accuracy, task_losses
-from cmlearn.evaluate import (
+from cmlearn.app.config import Config
+from cmlearn.app.evaluate import (
     ensemble_paths,
     ensemble_scores,
     fixed_tasks,
@@ -25,12 +21,16 @@ from cmlearn.evaluate import (
     run_scores,
     scores,
 )
-from cmlearn.models import MLP, Cooperative
-from cmlearn.models.cooperative import BodyHead
-from cmlearn.models.layers import StepBatchNorm2d
-from cmlearn.runs import CHECKPOINT, MODEL, load_run
-from cmlearn.tasks import TaskBatch
-from cmlearn.train import Interrupted, outer_step, scheduled_lr, train
+from cmlearn.app.runs import CHECKPOINT, MODEL, load_run
+from cmlearn.app.train import Interrupted, outer_step, scheduled_lr, train
+from cmlearn.core.algorithms import InnerRule, Stage, adapt, algorithm_rule
+from cmlearn.core.algorithms.rule import sam_perturbation
+from cmlearn.core.cml import CoLearnerSpec
+from cmlearn.core.engine import Learner, expand, forward_tasks, task_accuracy, task_losses
+from cmlearn.core.models import MLP, Cooperative
+from cmlearn.core.models.cooperative import BodyHead
+from cmlearn.core.models.layers import StepBatchNorm2d
+from cmlearn.core.tasks import TaskBatch
 from tests.conftest import make_learner, sinusoid_batch
 from tests.test_models import image_tasks
 
@@ -454,7 +454,7 @@ def test_top_k_checkpoints_are_the_k_best_validations_and_survive_resume(ensembl
 
 
 def test_ensemble_of_one_is_the_best_checkpoint(ensemble_cfg, tmp_path):
-    from cmlearn.build import build_source
+    from cmlearn.app.build import build_source
 
     run = tmp_path / "r"
     train(ensemble_cfg, run, progress=False)

@@ -8,13 +8,13 @@ import itertools
 import pytest
 import torch
 
-from cmlearn.algorithms import InnerRule
-from cmlearn.build import build_learner, build_source
-from cmlearn.engine import Learner
-from cmlearn.evaluate import batches, fixed_tasks
-from cmlearn.tasks import generator, task_seed
-from cmlearn.tasks.batch import STREAMS
-from cmlearn.train import meta_gradient, train
+from cmlearn.app.build import build_learner, build_source
+from cmlearn.app.evaluate import batches, fixed_tasks
+from cmlearn.app.train import meta_gradient, train
+from cmlearn.core.algorithms import InnerRule
+from cmlearn.core.engine import Learner
+from cmlearn.core.tasks import generator, task_seed
+from cmlearn.core.tasks.batch import STREAMS
 from tests.conftest import make_learner, sinusoid_batch
 
 
@@ -117,7 +117,7 @@ def test_a_checkpointed_inner_loop_gives_the_same_meta_gradient(
 ):
     """Activation checkpointing recomputes each second-order inner step during the backward:
     the meta-gradient (learned step sizes and the inner SAM included) is unchanged."""
-    import cmlearn.algorithms.rule as rule
+    import cmlearn.core.algorithms.rule as rule
 
     calls = []
     real = rule.checkpoint

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cmlearn import CmlearnError
-from cmlearn.runs import CHECKPOINT, MODEL
-from cmlearn.train import Interrupted, train
+from cmlearn.app.runs import CHECKPOINT, MODEL
+from cmlearn.app.train import Interrupted, train
 
 
 def _records(run: Path) -> list[dict]:
@@ -74,7 +74,7 @@ def test_existing_run_is_not_overwritten(cml_cfg, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_best_checkpoint(cml_cfg, tmp_path, monkeypatch):
-    from cmlearn.engine import Learner
+    from cmlearn.core.engine import Learner
 
     original = Learner.meta_objective
     calls = {"n": 0}
@@ -116,7 +116,7 @@ def test_a_fresh_run_overwrites_a_stale_log_and_resume_drops_duplicates(cml_cfg,
 
 
 def test_model_and_colearner_from_different_steps_are_refused(cml_cfg, tmp_path):
-    from cmlearn.runs import COLEARNER, load_run
+    from cmlearn.app.runs import COLEARNER, load_run
 
     run = Path(train(cml_cfg, tmp_path / "a", progress=False)["run"])
     co = torch.load(run / COLEARNER)

@@ -1,11 +1,7 @@
 """cmlearn: Cooperative Meta-Learning (CML) on a functional torch.func core."""
 
+from cmlearn.core.errors import CmlearnError, Interrupted
+
 __version__ = "0.1.0"
 
-
-class CmlearnError(Exception):
-    """A user-facing error: the CLI prints its message on one line and exits non-zero."""
-
-
-class Interrupted(CmlearnError):
-    """Training stopped on request (Ctrl-C, SIGTERM); the checkpoint holds every step done."""
+__all__ = ["CmlearnError", "Interrupted"]

@@ -10,7 +10,7 @@ def run() -> None:
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
     import sys
 
-    from cmlearn.cli import main
+    from cmlearn.app.cli import main
 
     sys.exit(main())
 

@@ -1,0 +1,225 @@
+"""``analyze``: the Fig. 3 analyses of one or more runs, as PNGs plus ``analysis.json``.
+
+The JSON holds every number a figure shows (and the per-task CKA behind each mean), so the
+figures can be redrawn or checked without rerunning anything. Non-finite numbers are ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmlearn.app.analysis import figures
+from cmlearn.app.analysis.records import (
+    Run,
+    expand_runs,
+    gradient_series,
+    read_metrics,
+    validation_curve,
+)
+from cmlearn.app.analysis.representations import cka_by_layer, layer_names, task_activations
+from cmlearn.app.build import build_source
+from cmlearn.app.evaluate import batches, fixed_tasks
+from cmlearn.app.files import atomic_text
+from cmlearn.app.runs import METRICS, MODEL, load_run
+from cmlearn.app.runtime import Runtime
+from cmlearn.core.engine import Learner
+from cmlearn.core.errors import CmlearnError
+from cmlearn.core.tasks import TaskBatch, TaskSource
+
+DEFAULT_TASKS = 100
+TSNE_TASKS = 3
+FIGURES: dict[str, tuple[str, Callable[[list[dict], Path], Path]]] = {
+    "fig3a": ("fig3a_validation.png", figures.validation_figure),
+    "fig3b": ("fig3b_cosine.png", figures.cosine_figure),
+    "fig3c": ("fig3c_grad_norms.png", figures.grad_norm_figure),
+    "fig3d": ("fig3d_cka.png", figures.cka_figure),
+    "tsne": ("tsne.png", figures.tsne_figure),
+}
+
+
+def analyze(
+    paths: list[Path],
+    out: Path | None = None,
+    tasks: int = DEFAULT_TASKS,
+    runtime: Runtime | None = None,
+    tsne_tasks: int = TSNE_TASKS,
+) -> dict:
+    """Analyse run folders (a compare folder counts as its runs) into ``out`` (default
+    ``<first path>/analysis``); returns what ``analysis.json`` holds.
+
+    CKA and t-SNE use the first ``tasks`` (resp. ``tsne_tasks``) seeded test tasks of each
+    run's configuration, the tasks ``cmlearn eval`` scores first, adapted as it adapts them.
+    """
+    if tasks < 1:
+        raise CmlearnError(f"--tasks must be positive (got {tasks})")
+    tsne_tasks = max(0, min(tsne_tasks, tasks))
+    tsne = _tsne() if tsne_tasks else None  # fail before any work if it is missing
+    runs = expand_runs(paths)
+    runtime = runtime or Runtime()
+    out = Path(out) if out is not None else Path(paths[0]) / "analysis"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CmlearnError(f"cannot create {out}: {err.strerror or err}") from None
+    sources: dict[str, TaskSource] = {}
+    results = [_analyse_run(run, tasks, tsne_tasks, tsne, runtime, sources) for run in runs]
+    report = {
+        "tasks": tasks,
+        "runs": results,
+        "figures": {key: name for key, (name, _) in FIGURES.items()},
+    }
+    for name, draw in FIGURES.values():
+        draw(results, out / name)
+    text = json.dumps(_finite(report), indent=1, allow_nan=False) + "\n"
+    atomic_text(text, out / "analysis.json")
+    report["out"] = str(out)
+    return report
+
+
+def _analyse_run(
+    run: Run,
+    n_tasks: int,
+    tsne_tasks: int,
+    tsne: Callable[[np.ndarray, float, int], np.ndarray] | None,
+    runtime: Runtime,
+    sources: dict[str, TaskSource],
+) -> dict:
+    cfg = run.config
+    records = read_metrics(run.path)
+    result = {
+        "label": run.label,
+        "path": str(run.path),
+        "preset": cfg.preset,
+        "algorithm": cfg.algorithm,
+        "colearner": cfg.colearner.mode,
+        "seed": cfg.train.seed,
+        "validation": validation_curve(records, run.path / METRICS),
+        "gradients": gradient_series(records, run.path / METRICS),
+    }
+    if not (run.path / MODEL).exists():
+        reason = f"no {MODEL} yet: training saves it at its first validation"
+        return result | {"cka": {"skipped": reason}, "tsne": {"skipped": reason}}
+    cfg, learner = load_run(run.path, runtime=runtime)
+    key = json.dumps([cfg.to_dict()[section] for section in ("data", "task")])  # same tasks
+    if key not in sources:
+        sources[key] = build_source(cfg, runtime)
+    source = sources[key]
+    test = batches(fixed_tasks(source, n_tasks, cfg.eval.seed, "test"), 1)
+    cka, kept = _cka(learner, test, cfg.eval_steps, tsne_tasks if tsne else 0)
+    result["cka"] = cka | {"eval_seed": cfg.eval.seed}
+    if tsne is None:
+        result["tsne"] = {"skipped": "not asked for"}
+    elif any(features.shape[0] < 3 for _, features, _ in kept):
+        result["tsne"] = {"skipped": "t-SNE needs at least 3 query examples per task"}
+    else:
+        colour = "class" if source.metric == "accuracy" else "target"
+        result["tsne"] = {
+            "feature": cka["layers"][-2],
+            "tasks": [_embed(tsne, i, x, y, colour, cfg.eval.seed) for i, x, y in kept],
+        }
+    return result
+
+
+def _cka(
+    learner: Learner, tasks: list[TaskBatch], steps: int, keep: int
+) -> tuple[dict, list[tuple[int, torch.Tensor, torch.Tensor]]]:
+    """Per-layer CKA before vs after adaptation on each task (one at a time, so a conv net's
+    activations never pile up), with the adapted body output and query targets of the first
+    ``keep`` tasks for the t-SNE."""
+    was_training = learner.net.training
+    learner.net.eval()  # as evaluation scores it
+    names = layer_names(learner)
+    body_out = names[-2]  # the last body child: the body's output
+    per_task: dict[str, list[float]] = {name: [] for name in names}
+    query: dict[str, list[float]] = {}
+    kept = []
+    try:
+        for index, task in enumerate(tasks):
+            before, after, scores = task_activations(learner, task, steps)
+            for name, value in cka_by_layer(before, after).items():
+                per_task[name].append(value)
+            for name, value in scores.items():
+                query.setdefault(name, []).append(value)
+            if index < keep:
+                kept.append((index, after[body_out].cpu(), task.query_y[0].flatten().cpu()))
+    finally:
+        learner.net.train(was_training)
+    cka = {
+        "tasks": len(tasks),
+        "steps": steps,
+        "mode": "cml",
+        "layers": names,
+        "mean": {name: _nanmean(v) for name, v in per_task.items()},
+        "std": {name: _nanstd(v) for name, v in per_task.items()},
+        "per_task": per_task,
+        "adapted_query": {name: _nanmean(v) for name, v in query.items()},
+        "note": "linear CKA of each layer's query activations (flattened per example) before "
+        "vs after the evaluation adaptation; mean and std over tasks, NaN tasks left out",
+    }
+    return cka, kept
+
+
+def _embed(
+    fit: Callable[[np.ndarray, float, int], np.ndarray],
+    index: int,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    colour: str,
+    seed: int,
+) -> dict:
+    """A 2-d t-SNE of one task's adapted query features (perplexity capped for small sets)."""
+    perplexity = min(30.0, (features.shape[0] - 1) / 3)
+    points = fit(features.double().numpy(), perplexity, seed % 2**32)
+    values = labels.tolist() if colour == "class" else labels.double().tolist()
+    return {
+        "task": index,
+        "perplexity": perplexity,
+        "colour": colour,
+        "points": points.round(5).tolist(),
+        "labels": values,
+    }
+
+
+def _tsne() -> Callable[[np.ndarray, float, int], np.ndarray]:
+    """scikit-learn's t-SNE as ``fit(features, perplexity, seed) -> [n, 2]``, imported on use."""
+    try:
+        from sklearn.manifold import TSNE
+        from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+    except ImportError:
+        raise CmlearnError(
+            "the t-SNE analysis needs scikit-learn: pip install 'cmlearn[analysis]'"
+        ) from None
+
+    def fit(features: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
+        model = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+        with threadpool_limits(torch.get_num_threads()):  # torch's thread budget, not all cores
+            return model.fit_transform(features)
+
+    return fit
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _nanstd(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.std(finite)) if finite else math.nan
+
+
+def _finite(value):
+    """The report with NaN / infinity as ``None`` (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

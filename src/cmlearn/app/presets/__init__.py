@@ -1,0 +1,57 @@
+"""Named experiment configurations: one module per paper experiment."""
+
+from __future__ import annotations
+
+import math
+
+from cmlearn.app.presets import graphs, images, omniglot, sinusoid
+from cmlearn.core.errors import CmlearnError
+
+PRESETS: dict[str, tuple[str, dict]] = {
+    **sinusoid.PRESETS,
+    **omniglot.PRESETS,
+    **graphs.PRESETS,
+    **images.PRESETS,
+}
+# paper table -> preset -> {row label: published accuracy %} (NaN: the paper's "failed")
+TABLES: dict[int, dict[str, dict[str, float]]] = {
+    **images.TABLES,
+    3: {
+        name: {method: base, f"{method} + CML": cml}
+        for name, (base, cml) in graphs.TABLE3.items()
+        for method in ["G-Meta" if name.endswith("gmeta") else "AMM-GNN"]
+    },
+}
+TABLES = dict(sorted(TABLES.items()))
+
+
+def published(name: str) -> str:
+    """The paper's numbers for preset ``name`` in every table that lists it ("" if none)."""
+    cells = [
+        f"Table {t}: "
+        + ", ".join(
+            f"{label} {'failed' if math.isnan(v) else f'{v:.2f}'}"
+            for label, v in rows[name].items()
+        )
+        for t, rows in TABLES.items()
+        if name in rows
+    ]
+    return "; ".join(cells)
+
+
+def describe(table: int | None = None) -> list[tuple[str, str]]:
+    """(name, description) of every preset, or (name, the paper's numbers · description) of
+    those that reproduce a row or column of ``table``."""
+    if table is None:
+        return [(name, text) for name, (text, _) in PRESETS.items()]
+    if table not in TABLES:
+        raise CmlearnError(
+            f"no presets for Table {table}; tables with presets: {', '.join(map(str, TABLES))}"
+        )
+    rows = []
+    for name, row in TABLES[table].items():
+        numbers = ", ".join(
+            f"{k} {'failed' if math.isnan(v) else f'{v:.2f}'}" for k, v in row.items()
+        )
+        rows.append((name, f"{numbers}  ·  {PRESETS[name][0]}"))
+    return rows

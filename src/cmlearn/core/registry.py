@@ -1,0 +1,118 @@
+"""Name → (builder, options dataclass) tables for datasets, models and co-learner heads.
+
+Each entry registers itself in the module that defines it, with an options dataclass whose
+``__post_init__`` validates its own fields: an invalid option cannot be constructed, so it is
+checked once, where the entry lives. ``build.py`` only looks names up and assembles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cmlearn.core.errors import CmlearnError
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """For entries without settings."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    build: Callable[..., Any]
+    options: type
+    help: str
+
+
+class Registry:
+    """A named table of entries of one kind (``dataset``, ``model``, ``colearner``)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.entries: dict[str, Entry] = {}
+
+    def register(
+        self, name: str, options: type = NoOptions, help: str = ""
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator: ``@MODELS.register("conv4", Conv4Options, "…")`` on a builder."""
+
+        def add(build: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self.entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self.entries[name] = Entry(name, build, options, help or (build.__doc__ or ""))
+            return build
+
+        return add
+
+    def get(self, name: str) -> Entry:
+        if name not in self.entries:
+            raise CmlearnError(
+                f"unknown {self.kind} {name!r}; choose from {', '.join(sorted(self.entries))}"
+            )
+        return self.entries[name]
+
+    def make_options(self, name: str, values: dict[str, Any] | None = None) -> Any:
+        """The options of entry ``name`` from a plain dict (unknown keys are errors)."""
+        cls = self.get(name).options
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CmlearnError(
+                f"{self.kind} {name!r} has no option {unknown[0]!r}; "
+                f"known: {', '.join(sorted(known)) or 'none'}"
+            )
+        base = cls()
+        typed = {k: coerce(v, getattr(base, k), f"{name}.{k}") for k, v in values.items()}
+        try:
+            return cls(**typed)
+        except (TypeError, ValueError) as err:
+            raise CmlearnError(f"{self.kind} {name!r}: {err}") from None
+
+
+DATASETS = Registry("dataset")  # name -> a data object (a pool of classes, a task family)
+SAMPLERS = Registry("task sampler")  # a data object's ``kind`` -> its TaskSource
+MODELS = Registry("model")  # name -> a BodyHead backbone
+COLEARNERS = Registry("co-learner")  # name -> a head for a given feature shape
+
+
+def coerce(value: Any, current: Any, key: str) -> Any:
+    """``value`` (from JSON or the command line) as the type of the default ``current``."""
+    try:
+        if isinstance(current, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                return value.lower() == "true"
+            if not isinstance(value, bool | int):
+                raise ValueError
+            return bool(value)
+        if isinstance(current, tuple):
+            items = value if isinstance(value, list | tuple) else [value]
+            kind = type(current[0]) if current else int
+            return tuple(coerce(v, kind(), key) for v in items)
+        if isinstance(current, int):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if isinstance(current, float):
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if isinstance(value, dict | list):
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError, OverflowError):
+        raise CmlearnError(
+            f"bad value {value!r} for {key} (expected {type(current).__name__})"
+        ) from None
+
+
+def check(condition: bool, message: str) -> None:
+    """Options validation: raise ``ValueError`` (turned into a one-line error) unless true."""
+    if not condition:
+        raise ValueError(message)
