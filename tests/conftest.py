@@ -18,8 +18,8 @@ from cmlearn.core.tasks import SinusoidFamily
 from cmlearn.core.tasks.batch import generator
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-# Tests never touch the user's cache; the real data (../shared/data beside the checkout, as in
-# CI) is the default data root unless CMLEARN_DATA says otherwise.
+# Tests never touch the user's cache; the real data (the folder CI provides beside the
+# checkout) is the default data root unless CMLEARN_DATA says otherwise.
 # The cache is keyed by the source files' checksums, so one folder can serve every session.
 os.environ["CMLEARN_CACHE"] = str(Path(tempfile.gettempdir()) / "cmlearn-test-cache")
 os.environ.setdefault("CMLEARN_DATA", str(SHARED_DATA))

@@ -2,7 +2,8 @@
 
 Most tests run on a tiny Omniglot in the official layout (14 characters of 20 1-bit 105×105
 PNGs), written once and copied into each test that damages it; one module-scoped fixture
-decodes the real zips (``$CMLEARN_DATA`` or ``../shared/data``; skipped where absent).
+decodes the real zips (``$CMLEARN_DATA``, else the data folder CI provides beside the
+checkout; skipped where absent).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from cmlearn.app.data.cache import CACHE_FORMAT, source_key
 from cmlearn.core.registry import DATASETS
 from cmlearn.core.tasks import ClassificationSource, TaskBatch, generator
 
-# The real data: CMLEARN_DATA, else ../shared/data beside the checkout (as in CI).
+# The real data: CMLEARN_DATA, else the data folder CI provides beside the checkout.
 REAL = Path(
     os.environ.get("CMLEARN_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
 )

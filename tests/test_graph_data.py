@@ -2,7 +2,8 @@
 
 Tiny graphs are written in the real formats (Planetoid pickles of scipy/numpy objects and a
 dict of neighbour lists; gnn-benchmark CSR npz) from a known ground truth; one module-scoped
-fixture reads the real files (``$CMLEARN_DATA`` or ``../shared/data``; skipped where absent).
+fixture reads the real files (``$CMLEARN_DATA``, else the data folder CI provides beside the
+checkout; skipped where absent).
 """
 
 from __future__ import annotations
@@ -229,7 +230,8 @@ def test_cache_is_written_once_and_keyed_by_content(
 
 # --- class splits -------------------------------------------------------------------------
 
-# GRAPHS.md §1.2: TLP's first-draw splits (NumPy RandomState(1234)); val and test in draw order.
+# TLP-FSNC's first-draw splits (NumPy RandomState(1234), as its training scripts seed it);
+# val and test in draw order.
 TLP_SPLITS = {
     (6, (2, 2, 2)): ([3, 5], [0, 4], [2, 1]),
     (7, (3, 2, 2)): ([3, 5, 6], [4, 0], [2, 1]),
@@ -530,7 +532,8 @@ def test_bad_input_exits_2_from_the_cli(
 
 # --- the real graphs ----------------------------------------------------------------------
 
-# GRAPHS.md §8 (after dropping self-loops and symmetrising) and data/README.md.
+# Counted in the files (after dropping self-loops and symmetrising); CiteSeer's and
+# Amazon-Computer's undirected edges are the CML paper's Table 6 (4,552 and 245,861).
 REAL_GRAPHS = {
     "cora": (2708, 10556, 1433, 7),
     "citeseer": (3327, 9104, 3703, 6),
@@ -568,7 +571,7 @@ def test_real_graph(real: tuple[Path, Path], name: str) -> None:
 
 def test_real_class_sizes_and_splits(real: tuple[Path, Path]) -> None:
     amazon = load(*real, "amazon-computer")
-    sizes = [436, 2142, 1414, 542, 5158, 308, 487, 818, 2156, 291]  # GRAPHS.md §8
+    sizes = [436, 2142, 1414, 542, 5158, 308, 487, 818, 2156, 291]  # counted in the npz
     assert amazon.counts.tolist() == sizes
     assert [amazon.splits[s].tolist() for s in ("train", "val", "test")] == [
         [1, 3, 4, 6],

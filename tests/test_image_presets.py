@@ -92,7 +92,7 @@ def test_every_table_row_names_a_preset_and_prints_the_papers_numbers():
             assert f"{first:.2f}" in text
     assert TABLES[1]["mini-5w1s-maml"] == {"MAML": 47.44, "+CML": 49.32, "+CML†": 50.35}
     assert TABLES[9]["cifarfs-5w5s-resnet12"] == {"MAML": 73.32, "CML": 78.31}
-    assert list(TABLES[3]["amazon-2w5s-ammgnn"].values()) == [80.10, 86.68]  # PAPER.md Table 3
+    assert list(TABLES[3]["amazon-2w5s-ammgnn"].values()) == [80.10, 86.68]  # CML paper Table 3
     assert len(TABLES[3]) == 12  # G-Meta and AMM-GNN on CiteSeer, Amazon-Computer, CoraFull
     assert math.isnan(TABLES[7]["mini-5w1s-same-conv2"]["co-learner"])  # "failed to converge"
 

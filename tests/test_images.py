@@ -25,7 +25,8 @@ def n_params(module: torch.nn.Module) -> int:
 
 
 def test_parameter_counts_match_the_paper_and_the_official_code():
-    """PAPER.md §2: 84 px, 5-way, Conv(2) co-learner on the 64×10×10 pre-pool map."""
+    """CML paper Table 4 (official code, maml/model_cml.py): 84 px, 5-way, Conv(2) co-learner
+    on the 64×10×10 pre-pool map."""
     maml = ConvNet(3, 5, 84)
     assert n_params(maml.body) == 113_088 and n_params(maml.head) == 8_005
     assert n_params(maml) == 121_093

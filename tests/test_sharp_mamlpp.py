@@ -1,4 +1,5 @@
-"""Sharp-MAML (inner / outer / both SAM) and the complete MAML++ (IMAGES.md §3, §5)."""
+"""Sharp-MAML (inner / outer / both SAM; Abbas et al., ICML 2022) and the complete MAML++
+(Antoniou et al., ICLR 2019, and github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch)."""
 
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ def _linear_tasks(seed: int = 0):
 
 @pytest.mark.parametrize("first_order", [True, False])
 def test_inner_sam_step_is_the_gradient_at_the_perturbed_point(first_order):
-    """φ_new − φ = −α·∇L(φ + ε), ε = ρ·g/‖g‖ per task, from the unperturbed φ (§5.3)."""
+    """φ_new − φ = −α·∇L(φ + ε), ε = ρ·g/‖g‖ per task, from the unperturbed φ (Sharp-MAML's
+    sam.py)."""
     x, y, w0 = _linear_tasks()
     alpha, rho, steps = 0.05, 0.3, 2
     params = {"w": w0.expand(3, 4).clone().requires_grad_()}
@@ -243,7 +245,8 @@ def test_gradient_clamp_bounds_every_element():
 
 # ---------------------------------------------------------------- MAML++: multi-step loss
 
-# IMAGES.md §3.6: N = 5; (E, e) -> (every non-final weight, final weight)
+# Computed from MAML++'s get_per_step_loss_importance_vector (few_shot_learning_system.py):
+# N = 5; (E, e) -> (every non-final weight, final weight)
 MSL_TABLE = [
     (15, 0, 0.2, 0.2),
     (15, 1, 0.1867, 0.2533),
@@ -275,7 +278,7 @@ def test_multi_step_loss_is_off_for_other_algorithms_and_at_zero_epochs():
     assert InnerRule(steps=5).step_weights(0, 5) == [0.0] * 4 + [1.0]
     rule = InnerRule(steps=5, multi_step_loss=True, msl_epochs=0)
     assert rule.step_weights(0, 5) == [0.0] * 4 + [1.0]
-    assert algorithm_rule("mamlpp", InnerRule()).msl_epochs == 10  # MAML++ Omniglot (§3.3)
+    assert algorithm_rule("mamlpp", InnerRule()).msl_epochs == 10  # MAML++'s Omniglot configs
 
 
 def test_meta_objective_weighs_each_steps_query_loss_by_epoch():

@@ -76,7 +76,7 @@ def make_optimizer(learner: Learner, cfg: Config) -> torch.optim.Adam:
 
 def scheduled_lr(cfg: Config, base: float, step: int) -> float:
     """The meta-lr of update ``step`` (0-based): ``base``, or MAML++'s cosine annealing
-    (IMAGES.md §3.1f) stepped once per epoch, e = step // epoch_steps, over T = all epochs
+    (Antoniou et al. 2019) stepped once per epoch, e = step // epoch_steps, over T = all epochs
     (⌈steps / epoch_steps⌉): η_min + (base − η_min)·(1 + cos(π·e/T))/2, torch's
     ``CosineAnnealingLR`` closed form (MAML++ steps it with the epoch number)."""
     if cfg.train.lr_schedule == "constant":
@@ -217,7 +217,7 @@ def sharpness_aware(
     analyse: bool,
     rho: float,
 ) -> StepResult:
-    """SAM around a meta-gradient (Sharp-MAML's outer step, IMAGES.md §5.2).
+    """SAM around a meta-gradient (Sharp-MAML's outer step, Abbas et al., ICML 2022).
 
     ``gradient(analyse)`` fills ``.grad`` with the meta-gradient G at θ (every inner loop
     run). θ moves to θ + ρ·G/(‖G‖₂ + 1e-12), the norm global over every tensor the optimiser
@@ -247,7 +247,7 @@ def sharpness_aware(
 
 
 def describe_counts(counts: dict[str, int]) -> str:
-    """One line of the parameter counts of PAPER.md Table 4's columns."""
+    """One line of the parameter counts of the CML paper's Table 4 columns."""
     text = f"parameters: body {counts['body']:,} + head {counts['head']:,}"
     if counts["colearner"]:
         text += (
@@ -330,7 +330,7 @@ def _train(
         torch.manual_seed(task_seed("dropout", cfg.train.seed))
         if dist.main:
             folder.save_checkpoint(learner, optimizer, state, cfg)
-    if progress and dist.main:  # PAPER.md Table 4's columns, once the run has loaded
+    if progress and dist.main:  # the CML paper's Table 4 columns, once the run has loaded
         print(f"cmlearn: {out}: {describe_counts(parameter_counts(learner.net))}", file=sys.stderr)
     dist.check_start(learner, state.step)
     if dist.active and cfg.train.patience:
@@ -517,7 +517,7 @@ def _check_resume(saved: Config, cfg: Config) -> None:
 
 class TopCheckpoints:
     """The ``k`` best validation checkpoints of a run (``eval.ensemble``, MAML++'s test
-    ensemble, IMAGES.md §3.5) as ``top-<step>.pt`` files in the run folder, each written
+    ensemble, ``top_n_models``) as ``top-<step>.pt`` files in the run folder, each written
     atomically with its step and validation value, ranked as the best model is (a strictly
     better value wins; ties keep the earlier step, so the first is ``model.pt``).
 

@@ -10,7 +10,8 @@ Where the files go (the original distributions' names, under the data root):
   dense ``attr_matrix``, and ``labels``.
 
 The reading matches PyTorch Geometric's readers, through which TLP-FSNC (and so CML) loaded
-every graph (``GRAPHS.md`` §8): edges undirected, self-loops and duplicates dropped; npz
+every graph (``torch_geometric/io/npz.py``, ``io/planetoid.py``): edges undirected, self-loops
+and duplicates dropped; npz
 attributes binarised (``binary``, the default; Coauthor-CS stores word counts); the 15 ids in
 CiteSeer's test range missing from ``tx`` ("isolated nodes" in PyG's and Kipf's comments, but
 each has neighbours in ``graph``) become all-zero feature rows with label 0.

@@ -1,7 +1,8 @@
-"""Few-shot node classification (PAPER.md §3.3, Table 3; GRAPHS.md §1–§3).
+"""Few-shot node classification (CML paper §4.3, Table 3; Tan et al., LoG 2022, TLP-FSNC).
 
 ``<dataset>-<N>w<K>s-<method>`` runs the TLP-FSNC episode protocol with the hyper-parameters
-of TLP's code, which produced the baselines that the CML paper copies (GRAPHS.md §1.5):
+of TLP's code (github.com/Zhen-Tan-dmml/TLP-FSNC, ``Meta-learning/G-Meta/train_G-Meta.py``,
+``Meta-learning/AMM-GNN/train_AMM.py``), which produced the baselines the CML paper copies:
 
 - ``gmeta``: Adam 0.005, weight decay 5e-4, 20 first-order inner steps of 0.05, at most
   1,000 episodes.

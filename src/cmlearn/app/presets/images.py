@@ -1,29 +1,30 @@
 """One preset per image row of the CML paper's Tables 1, 2, 4, 5, 7, 8 and 9.
 
-The paper defers to each base method's original settings (PAPER.md §3.2), so every preset
+The paper defers to each base method's original settings (CML paper §4.2), so every preset
 carries the settings of the code that produced its row, with the source beside each choice:
 
 - **CML code protocol** (MAML, BOIL; JJongyn/CML ``run_cml.sh`` = BOIL's ``run_4conv.sh``,
-  PAPER.md §3.2, IMAGES.md §4.2): one inner step (α = 0.5 for MAML; BOIL α_body = 0.5,
+  github.com/jhoon-oh/BOIL): one inner step (α = 0.5 for MAML; BOIL α_body = 0.5,
   α_head = 0), second order, Adam 1e-3, meta-batch 4, 15 query images per class at every
   split, 30,000 iterations, validation on 100 tasks every 100 iterations, the
   best-validation model tested on 10,000 tasks (2,500 × 4) with one inner step.
-- **MAML++** (IMAGES.md §3.3, HowToTrainYourMAMLPytorch's miniImageNet config): Conv-4 of 48
+- **MAML++** (AntreasAntoniou/HowToTrainYourMAMLPytorch ``experiment_config/``, its
+  miniImageNet config): Conv-4 of 48
   filters, five inner steps at training and test with learned per-layer per-step step sizes
   starting at 0.01 (the config's evident intent; the released code starts at 0.1), per-step
   BatchNorm γ/β, multi-step loss over 15 epochs of 500 iterations, meta-batch 2, 50,000
   iterations, ImageNet mean/std normalisation, meta-gradient clamped to ±10 (ImageNet-like
   data), cosine meta-lr with η_min = 1e-3 = the base lr (a no-op there, kept for parity),
   validation on 600 tasks every 500 iterations, test on 600 tasks with the logit ensemble of
-  the 3 best validation checkpoints (3 at the paper's time, IMAGES.md §3.5).
-- **Sharp-MAML** (IMAGES.md §5.3, the official miniImageNet command): five inner steps of
+  the 3 best validation checkpoints (``top_n_models=3`` at the paper's time, commit ff26bcc).
+- **Sharp-MAML** (mominabbass/Sharp-MAML, the README's miniImageNet command): five steps of
   0.1, SAM radius 0.0005 in the inner loop and the meta-update (``_both``; the CML paper does
   not say which variant it re-ran, ``-sharp-low`` / ``-sharp-up`` give the others), BatchNorm
   γ/β outer-loop only, meta-batch 4, 15 queries, 60,000 iterations, validation on 400 tasks
   every 100 iterations, no SAM at test, 600 test tasks (≥ 600 as everywhere here; the
   official ``test.py`` uses 400).
 - **ResNet-12** (Table 9; the paper gives no settings, so BOIL's ``run_resnet.sh``,
-  IMAGES.md §4.2): one inner step of 0.3, Adam 6e-4, otherwise the CML code protocol.
+  jhoon-oh/BOIL): one inner step of 0.3, Adam 6e-4, otherwise the CML code protocol.
 
 γ = 1 for every +CML run: App. A.1, the official ``run_cml.sh`` and Table 5's γ = 1 row
 (identical to Table 1's MAML + CML row) agree; §4.2's "0.5 for all methods" contradicts

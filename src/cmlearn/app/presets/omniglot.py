@@ -1,4 +1,4 @@
-"""Few-shot Omniglot classification with Conv-4 (IMAGES.md §2, §9.1; PAPER.md §3.2, Table 2).
+"""Few-shot Omniglot classification with Conv-4 (CML paper §4.2, Table 2; Finn et al. 2017).
 
 All presets use the Vinyals split with rotated characters as new classes (4112 / 688 / 1692
 classes; ``--set data.split=finn`` gives Finn's 1100 / 100 / 423 with per-task rotation),
@@ -9,7 +9,8 @@ pool in the head) and the paper's Conv(2)+FC co-learner on the pre-pool 3×3 map
   α = 0.4 and meta-batch 32; 20-way five steps of α = 0.1 and meta-batch 16; Adam 1e-3,
   60,000 iterations, K query examples per class in training (Finn's code), 10 inner steps at
   validation and test (Finn's code), 1,000 test tasks with 15 queries per class.
-- ``omniglot-5w{1,5}s-paper``: the CML image code's settings (PAPER.md §3.2): one inner step
+- ``omniglot-5w{1,5}s-paper``: the CML image code's settings (JJongyn/CML ``run_cml.sh``;
+  the paper's App. A.1): one inner step
   of α = 0.5 at training and test, meta-batch 4, 15 queries per class, 30,000 iterations,
   validation on 100 tasks every 100 iterations, γ = 1.
 - ``-cpu``: the same method sized for about 45 minutes on one core (see ``CPU`` below).

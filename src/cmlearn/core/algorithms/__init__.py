@@ -17,21 +17,22 @@ ALGORITHMS: dict[str, dict] = {
     "boil": {"body_scale": 1.0, "head_scale": 0.0},
     # Li et al. 2017: a learned step size per parameter element.
     "metasgd": {"learn_lr": "element"},
-    # Antoniou et al. 2019, "How to train your MAML" (IMAGES.md §3):
-    # - LSLR (§3.1a): one learned step size per adapted tensor per inner step, all starting
+    # Antoniou et al., "How to train your MAML", ICLR 2019, and its released code
+    # (github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch):
+    # - LSLR: one learned step size per adapted tensor per inner step, all starting
     #   at inner.lr, unclipped (they may turn negative, as in the released code);
-    # - MSL (§3.1d): the released code's per-step loss weights for the first msl_epochs
-    #   epochs of train.epoch_steps iterations (10 for Omniglot, §3.3; the miniImageNet
-    #   presets set 15), the last step's loss alone after;
-    # - DA (§3.1e): first order for the first half of training, second order after (the
+    # - MSL: the released code's per-step loss weights for the first msl_epochs
+    #   epochs of train.epoch_steps iterations (10 for Omniglot, experiment_config/; the
+    #   miniImageNet presets set 15), the last step's loss alone after;
+    # - DA: first order for the first half of training, second order after (the
     #   paper's 50 of 100 epochs; the released configs never switch, first_order_until=0);
-    # - BatchNorm γ/β outer-loop only (§3: enable_inner_loop_optimizable_bn_params=false),
-    #   one row per inner step (BNWB, §3.1b) in models that have BatchNorm; statistics stay
-    #   transductive as in the released code (§3.1c; per-step running statistics are a model
+    # - BatchNorm γ/β outer-loop only (enable_inner_loop_optimizable_bn_params=false),
+    #   one row per inner step (BNWB) in models that have BatchNorm; statistics stay
+    #   transductive as in the released code (BNRS, per-step running statistics, is a model
     #   option).
-    # Outside the inner rule: cosine meta-lr (§3.1f: train.lr_schedule, train.min_lr), the
-    # ±10 gradient clamp (train.grad_clamp), the top-k logit ensemble at test (§3.5:
-    # eval.ensemble); evaluation adapts first order, as every evaluation here does.
+    # Outside the inner rule: cosine meta-lr (CA: train.lr_schedule, train.min_lr), the
+    # ±10 gradient clamp (train.grad_clamp), the top-k logit ensemble at test
+    # (eval.ensemble); evaluation adapts first order, as every evaluation here does.
     "mamlpp": {
         "learn_lr": "layer-step",
         "multi_step_loss": True,
@@ -40,7 +41,7 @@ ALGORITHMS: dict[str, dict] = {
         "adapt_bn": False,
         "per_step_bn": True,
     },
-    # Sharp-MAML (Abbas et al. 2022, IMAGES.md §5) is MAML with SAM radii, not an entry
+    # Sharp-MAML (Abbas et al., ICML 2022) is MAML with SAM radii, not an entry
     # here: _low sets inner.sam_rho, _up train.sam_rho (an outer-step setting this table of
     # inner-rule overrides cannot hold), _both both; see docs/algorithms.md.
 }

@@ -147,7 +147,8 @@ class InnerRule:
 
     def step_weights(self, epoch: int, steps: int) -> list[float]:
         """Weights of the query losses after each of ``steps`` steps at ``epoch`` (MAML++'s
-        ``get_per_step_loss_importance_vector``, IMAGES.md §3.1d): with N steps, E =
+        ``get_per_step_loss_importance_vector`` in ``few_shot_learning_system.py``): with N
+        steps, E =
         ``msl_epochs``, d = 1/(N·E) and floor m = 0.03/N, every non-final weight is
         max(1/N − e·d, m) and the final one min(1/N + e·(N−1)·d, 1 − (N−1)·m); from epoch E
         on, the final step's loss alone."""
@@ -184,7 +185,7 @@ def adapt(
     parameters after each step (the last is the adapted model). Second order keeps the graph
     (``create_graph``) so the outer loss differentiates through the steps.
 
-    ``sam_rho > 0`` makes every step a SAM step (Sharp-MAML's inner loop, IMAGES.md §5.2): the
+    ``sam_rho > 0`` makes every step a SAM step (Sharp-MAML's inner loop, Abbas et al. 2022): the
     gradient is taken again at φ + ε, ε = ρ·g/(‖g‖₂ + 1e-12) with each task's own norm over
     all its adapted tensors, and the step goes from φ. It is an argument, not read from
     ``rule``, so that evaluation (which never uses SAM) cannot pick it up by accident.

@@ -119,7 +119,7 @@ def mlp_head(
             f"{tuple(feature_shape)}; use colearner.head.name=conv"
         )
     net = build_colearner(feature_shape, out_features, options.hidden)
-    if options.init == "tlp":  # the graph models' own initialisation (GRAPHS.md §6)
+    if options.init == "tlp":  # the graph models' own (TLP-FSNC's reset_parameters)
         tlp_init(net)
     return net
 

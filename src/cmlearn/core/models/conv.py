@@ -57,7 +57,7 @@ def conv_k_fc(
     after the last block (ResNet's head): the FC reads c inputs whatever the image size.
 
     Conv-4's own head θ (``ConvNet``) and the ``conv`` co-learner ϕ are both built here, so
-    with the same k they are the same structure (PAPER.md Table 7).
+    with the same k they are the same structure (CML paper, App. B, Table 7).
     """
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}; choose from {POOLS}")
@@ -85,10 +85,10 @@ class ConvNet(BodyHead):
     so a co-learner reads the last block's pre-pool feature map.
 
     Body children are ``conv1 … convN`` (then ``extra1 …``: More-MAML's additional unpooled
-    blocks, PAPER.md Table 4); the default co-learner point is the last of them.
+    blocks, CML paper Table 4); the default co-learner point is the last of them.
 
     ``head_convs`` = k makes θ Conv(k)+FC on the pre-pool map (``conv_k_fc``, the co-learner's
-    own structure: PAPER.md Table 7's same-structure setting); 0 is the standard head,
+    own structure: the CML paper's Table 7 same-structure setting); 0 is the standard head,
     max-pool → flatten → linear. The head's convs are ``model.head.*`` parameters: the inner
     loop adapts them with the head's step size (MAML: α; BOIL: frozen; ANIL: the only ones).
     """

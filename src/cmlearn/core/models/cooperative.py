@@ -128,7 +128,7 @@ class Cooperative(nn.Module):
 
 
 def parameter_counts(net: Cooperative) -> dict[str, int]:
-    """Parameters of each part and of what each phase holds (PAPER.md §2, Table 4).
+    """Parameters of each part and of what each phase holds (CML paper Table 4).
 
     ``body`` ψ, ``head`` θ, ``colearner`` ϕ (0 without one); ``train``: everything meta-training
     holds (ψ, θ, ϕ); ``test``: the saved inference model (all of ``net.model``: ψ + θ, MAML's

@@ -1,4 +1,4 @@
-"""Two-layer GCN encoders for few-shot node classification, as TLP-FSNC ran them (GRAPHS.md).
+"""Two-layer GCN encoders for few-shot node classification, as TLP-FSNC (Tan et al. 2022) ran them.
 
 One body serves the three methods of the paper's Table 3; only the readout and the input
 scaling differ:
@@ -11,7 +11,7 @@ scaling differ:
   per-attribute scale s = 1 + 0.01·α computed from two random sets of the task's nodes by a
   meta-learned map that is never adapted, and a cosine regulariser on the outer loss.
 
-Nothing is computed that the output does not use (GRAPHS.md §7): every output is
+Nothing is computed that the output does not use (docs/graphs.md): every output is
 
     e = R · drop(ReLU(L · (Z · (s ⊙ W1)) + b1)) · W2 + b2
 

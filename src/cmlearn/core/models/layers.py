@@ -131,7 +131,8 @@ class StepBatchNorm2d(nn.Module):
     evaluation after N updates uses row N − 1), so the module sees ``[C]`` vectors. Called
     with the full table (outside the engine, e.g. to probe shapes) it uses row 0.
 
-    ``track_running_stats`` adds MAML++'s BNRS (IMAGES.md §3.1c), the paper's intent: running
+    ``track_running_stats`` adds MAML++'s BNRS (Antoniou et al., ICLR 2019), the paper's
+    intent: running
     mean and variance buffers ``[steps, C]``, updated by every training forward (momentum
     0.1) and used to normalise in ``eval()`` mode. The engine passes their row of the step as
     it does γ/β (a view, so the update lands here), which needs the ``loop`` strategy. The

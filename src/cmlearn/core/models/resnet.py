@@ -7,7 +7,7 @@ the four blocks, so a co-learner reads the last block's map (640×5×5 at 84 px,
 32 px); the head θ is global average pool → flatten → linear, as in MetaOptNet.
 
 Widths default to 64-160-320-640, the usual few-shot ResNet-12 (TADAM, MetaOptNet) and the
-one PAPER.md Table 9 names; BOIL's code uses 64-128-256-512 (``widths=64,128,256,512``).
+one the CML paper's Table 9 names; BOIL's code uses 64-128-256-512 (``widths=64,128,256,512``).
 
 Every parameter, the shortcut's included, is an ordinary body parameter (``model.body.*``)
 that the inner loop adapts. BOIL's code calls the shortcut without its fast weights, so there
