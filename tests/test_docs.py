@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cmlearn.app.build import build_learner, build_source
-from cmlearn.app.presets import get_preset
+from cmlearn.app.config import get_preset
 from cmlearn.core.registry import COLEARNERS, DATASETS, MODELS
 from cmlearn.core.tasks import generator
 
