@@ -389,7 +389,7 @@ def test_tlp_protocol_stores_the_test_at_the_best_validation(tmp_path: Path, mon
     import cmlearn.compare as comparing
     import cmlearn.runs as runs
     from cmlearn.compare import compare
-    from cmlearn.evaluate import scores
+    from cmlearn.evaluate import EvalSpec, scores
     from cmlearn.runs import RunFolder, load_run
 
     src = source()
@@ -413,7 +413,8 @@ def test_tlp_protocol_stores_the_test_at_the_best_validation(tmp_path: Path, mon
             assert record["step"] == best_step, (record["step"], best, vals)
             # the stored scores are the best model's on that step's fresh test tasks
             run_cfg, learner = load_run(run)
-            again = scores(learner, training.tlp_tasks(src, run_cfg, "test", best_step), "accuracy")
+            tasks = training.tlp_tasks(src, run_cfg, "test", best_step)
+            again = scores(learner, tasks, EvalSpec("accuracy"))
             assert np.allclose(again, record["values"]) and len(again) == 6
             stored.setdefault(name, []).append(record["values"])
     assert report["protocol"] == "tlp" and report["paired"] == []

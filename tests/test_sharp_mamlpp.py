@@ -18,6 +18,7 @@ from cmlearn.cml import CoLearnerSpec
 from cmlearn.config import Config
 from cmlearn.engine import Learner, expand, forward_tasks, task_accuracy, task_losses
 from cmlearn.evaluate import (
+    EvalSpec,
     ensemble_paths,
     ensemble_scores,
     fixed_tasks,
@@ -461,12 +462,13 @@ def test_ensemble_of_one_is_the_best_checkpoint(ensemble_cfg, tmp_path):
     cfg, learner = load_run(run)
     source = build_source(cfg)
     tasks = fixed_tasks(source, 30, cfg.eval.seed, "test")
-    best = scores(learner, tasks, source.metric)
-    one = run_scores(run, cfg.override(["eval.ensemble=1"]), learner, tasks, source.metric)
+    spec = EvalSpec(source.metric)
+    best = scores(learner, tasks, spec)
+    one = run_scores(run, cfg.override(["eval.ensemble=1"]), learner, tasks, spec)
     assert (one == best).all()
-    two = run_scores(run, cfg, learner, tasks, source.metric)
+    two = run_scores(run, cfg, learner, tasks, spec)
     assert not (two == best).all()
-    assert (scores(learner, tasks, source.metric) == best).all(), "the learner is restored"
+    assert (scores(learner, tasks, spec) == best).all(), "the learner is restored"
 
 
 def test_ensemble_averages_the_members_logits_per_task():
@@ -493,9 +495,9 @@ def test_ensemble_averages_the_members_logits_per_task():
     ]
     logits = [m.evaluate(batch, return_outputs=True)["output"] for m in (a, b)]
     mean = (logits[0] + logits[1]) / 2
-    got = ensemble_scores(a, members, [batch], "accuracy")
+    got = ensemble_scores(a, members, [batch], EvalSpec("accuracy"))
     torch.testing.assert_close(torch.from_numpy(got), task_accuracy(mean, batch.query_y).double())
-    loss = ensemble_scores(a, members, [batch], "loss")
+    loss = ensemble_scores(a, members, [batch], EvalSpec("loss"))
     torch.testing.assert_close(
         torch.from_numpy(loss), task_losses(mean, batch.query_y, "ce").double()
     )
