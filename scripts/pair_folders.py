@@ -3,10 +3,12 @@
 
     python scripts/pair_folders.py A B [--methods fomaml,cml] [--seeds 0,1,2,3,4] [--json]
 
-Each folder holds finished runs ``METHOD-sSEED`` (what ``cmlearn compare --out`` writes). The
-test tasks are rebuilt from each folder's first run and must be the same tasks (checked by
-their digest); scores come from, and go to, each run's score cache, so after ``compare`` this
-takes no training and, on the same code, no scoring. Prints per method the seed-averaged
+Each folder holds finished runs ``METHOD-sSEED`` (what ``cmlearn compare --out`` writes), read
+and scored as ``cmlearn compare --from FOLDER`` reads them (``cmlearn.app.compare.gather_runs`` and
+``score_runs``); the two folders must test on the same tasks (checked by their digest). Scores
+come from, and go to, each run's score cache, so after ``compare`` this takes no training and,
+on the same code, no scoring. (To pool the seeds of several folders of one study, use
+``cmlearn compare --from A B`` instead.) Prints per method the seed-averaged
 accuracy (or MSE) in A and in B with its 95% CI over tasks, B − A paired, and in each folder
 each method minus the first.
 """
@@ -21,32 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from cmlearn import CmlearnError
-from cmlearn.app.build import build_source
-from cmlearn.app.evaluate import CHUNK, fixed_tasks, paired, run_scores, summarize
-from cmlearn.app.runs import load_run, read_config
+from cmlearn.app.compare import gather_runs, score_runs
+from cmlearn.app.evaluate import paired, summarize
 from cmlearn.app.runtime import Runtime
 
 
 def folder_scores(
     folder: Path, methods: list[str], seeds: list[int], runtime: Runtime
-) -> tuple[dict[str, np.ndarray], bytes]:
+) -> tuple[dict[str, np.ndarray], str]:
     """Per method the seed-averaged per-task test scores, and the digest of the test tasks."""
-    cfg = read_config(folder / f"{methods[0]}-s{seeds[0]}")
-    source = build_source(cfg, runtime)
-    tasks = fixed_tasks(source, cfg.eval.tasks, cfg.eval.seed, "test")
-    digest = b"".join(chunk.digest() for chunk in tasks)
-    out = {}
-    for method in methods:
-        rows = []
-        for seed in seeds:
-            run = folder / f"{method}-s{seed}"
-            cfg, learner = load_run(run, runtime=runtime)
-            batch = cfg.eval.batch or CHUNK
-            rows.append(
-                run_scores(run, cfg, learner, tasks, source.metric, "cml", cfg.eval_steps, batch)
-            )
-        out[method] = np.stack(rows).mean(0)
-    return out, digest
+    base, parsed, seeds, runs = gather_runs([folder], methods, seeds, dagger="none")
+    scored = score_runs(base, parsed, seeds, runs, runtime, dagger="none")
+    return {m: scored.stacks[m].mean(0) for m in methods}, scored.tasks
 
 
 def pair_folders(

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from cmlearn import CmlearnError
 from cmlearn.app.cli import main
 
 FAST = [
@@ -357,3 +358,81 @@ def test_pair_folders_pairs_two_compares_on_their_shared_test_tasks(cli, tmp_pat
     compare("c", "--set", "task.eval_queries=9")  # other test tasks: nothing to pair
     assert script.main([str(tmp_path / "a"), str(tmp_path / "c"), "--methods", "maml,cml",
                         "--seeds", "0,1"]) == 2  # fmt: skip
+
+
+def test_compare_from_pools_the_seeds_of_several_folders(cli, tmp_path, monkeypatch):
+    """A later study adds seeds in a folder of its own; ``compare --from A B`` pairs them with
+    the old ones, training nothing, with each run scored as its own study scored it."""
+    import math
+    import statistics
+
+    from scipy import stats
+
+    import cmlearn.app.compare
+
+    def compare(out: str, seeds: str, *sets: str) -> dict:
+        args = ["compare", "--preset", "sinusoid-5shot-cpu", "--methods", "maml,cml", "--seeds",
+                seeds, "--steps", "20", "--tasks", "30", "--out", str(tmp_path / out), "--json",
+                "--quiet", "--dagger", "none", *FAST, *sets]  # fmt: skip
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout, parse_constant=_no_constant)
+
+    a, b = compare("a", "0,1"), compare("b", "2")
+    compare("c", "3", "--set", "task.eval_queries=9")  # another study
+    assert b["pairs"][0]["seeds"]["ci95"] is None  # one seed: no interval, and no NaN
+    monkeypatch.setattr(cmlearn.app.compare, "train", lambda *_, **__: pytest.fail("trained"))
+    folders = [str(tmp_path / "a"), str(tmp_path / "b")]
+    result = cli("compare", "--from", *folders, "--methods", "maml,cml", "--json",
+                 "--dagger", "none")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    pooled = json.loads(result.stdout, parse_constant=_no_constant)
+    assert pooled["seeds"] == [0, 1, 2] and pooled["tasks_digest"] == a["tasks_digest"]
+    own = {(r["method"], r["seed"]): r["mean"] for r in a["results"] + b["results"]}
+    assert {(r["method"], r["seed"]): r["mean"] for r in pooled["results"]} == own
+    (pair,) = pooled["pairs"]
+    assert (pair["method"], pair["baseline"]) == ("cml", "maml")
+    deltas = [own["cml", s] - own["maml", s] for s in (0, 1, 2)]
+    assert pair["seeds"]["deltas"] == pytest.approx(deltas)
+    half = stats.t.ppf(0.975, 2) * statistics.stdev(deltas) / math.sqrt(3)
+    assert pair["seeds"]["ci95"] == pytest.approx(half)
+    assert pair["bootstrap"]["resamples"] == 10_000
+    assert pair["bootstrap"]["low"] <= pair["seeds"]["mean"] <= pair["bootstrap"]["high"]
+    text = cli("compare", "--from", *folders, "--methods", "maml,cml", "--seeds", "0,2").stdout
+    assert "Δ cml − maml" in text and "seeds [0, 2]" in text
+    # refused, each in one line: a seed nobody has, a run found twice, another study's runs
+    for args, message in [
+        ((*folders, "--seeds", "5"), "no run maml-s5, cml-s5"),
+        ((folders[0], folders[0]), "each run may be found once"),
+        ((*folders, str(tmp_path / "c"), "--seeds", "0,3"), "differ in task.eval_queries"),
+        ((*folders, "--steps", "5"), "--steps cannot change them"),
+        ((*folders, "--out", folders[1]), "is one of the --from folders"),
+    ]:
+        result = cli("compare", "--from", *args, "--methods", "maml,cml")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    result = cli("compare", "--methods", "maml,cml")
+    assert result.returncode == 2 and "--preset (train) or --from" in result.stderr
+
+
+def test_runs_scored_on_other_tasks_are_not_paired(cli, tmp_path):
+    """``score_runs`` compares the test tasks' digests of runs built from other settings."""
+    from cmlearn.app.compare import Method, score_runs
+    from cmlearn.app.config import Config
+    from cmlearn.app.runs import read_config
+    from cmlearn.app.runtime import Runtime
+
+    for out, sets in (("a", []), ("c", ["--set", "task.eval_queries=9"])):
+        assert cli("compare", "--preset", "sinusoid-5shot-cpu", "--methods", "maml", "--steps",
+                   "10", "--tasks", "10", "--out", str(tmp_path / out), "--quiet", *FAST,
+                   *sets).returncode == 0  # fmt: skip
+    runs = {(m, 0): tmp_path / f / "maml-s0" for m, f in (("maml", "a"), ("other", "c"))}
+    runs = {k: (v, read_config(v)) for k, v in runs.items()}
+    methods = [Method("maml", "maml", "none"), Method("other", "maml", "none")]
+    base: Config = runs["maml", 0][1]
+    with pytest.raises(CmlearnError, match="tested on different tasks"):
+        score_runs(base, methods, [0], runs, Runtime(), "none")
+
+
+def _no_constant(name: str) -> None:
+    raise AssertionError(f"non-standard JSON constant {name} printed")

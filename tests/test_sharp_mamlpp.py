@@ -1,5 +1,4 @@
-"""Sharp-MAML (inner / outer / both SAM; Abbas et al., ICML 2022) and the complete MAML++
-(Antoniou et al., ICLR 2019, and github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch)."""
+"""Sharp-MAML (inner / outer / both SAM) and the complete MAML++ (IMAGES.md §3, §5)."""
 
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ from torch import nn
 from cmlearn import CmlearnError
 from cmlearn.app.config import Config
 from cmlearn.app.evaluate import (
+    EvalSpec,
     ensemble_paths,
     ensemble_scores,
     fixed_tasks,
@@ -67,8 +67,7 @@ def _linear_tasks(seed: int = 0):
 
 @pytest.mark.parametrize("first_order", [True, False])
 def test_inner_sam_step_is_the_gradient_at_the_perturbed_point(first_order):
-    """φ_new − φ = −α·∇L(φ + ε), ε = ρ·g/‖g‖ per task, from the unperturbed φ (Sharp-MAML's
-    sam.py)."""
+    """φ_new − φ = −α·∇L(φ + ε), ε = ρ·g/‖g‖ per task, from the unperturbed φ (§5.3)."""
     x, y, w0 = _linear_tasks()
     alpha, rho, steps = 0.05, 0.3, 2
     params = {"w": w0.expand(3, 4).clone().requires_grad_()}
@@ -245,8 +244,7 @@ def test_gradient_clamp_bounds_every_element():
 
 # ---------------------------------------------------------------- MAML++: multi-step loss
 
-# Computed from MAML++'s get_per_step_loss_importance_vector (few_shot_learning_system.py):
-# N = 5; (E, e) -> (every non-final weight, final weight)
+# IMAGES.md §3.6: N = 5; (E, e) -> (every non-final weight, final weight)
 MSL_TABLE = [
     (15, 0, 0.2, 0.2),
     (15, 1, 0.1867, 0.2533),
@@ -278,7 +276,7 @@ def test_multi_step_loss_is_off_for_other_algorithms_and_at_zero_epochs():
     assert InnerRule(steps=5).step_weights(0, 5) == [0.0] * 4 + [1.0]
     rule = InnerRule(steps=5, multi_step_loss=True, msl_epochs=0)
     assert rule.step_weights(0, 5) == [0.0] * 4 + [1.0]
-    assert algorithm_rule("mamlpp", InnerRule()).msl_epochs == 10  # MAML++'s Omniglot configs
+    assert algorithm_rule("mamlpp", InnerRule()).msl_epochs == 10  # MAML++ Omniglot (§3.3)
 
 
 def test_meta_objective_weighs_each_steps_query_loss_by_epoch():
@@ -464,12 +462,13 @@ def test_ensemble_of_one_is_the_best_checkpoint(ensemble_cfg, tmp_path):
     cfg, learner = load_run(run)
     source = build_source(cfg)
     tasks = fixed_tasks(source, 30, cfg.eval.seed, "test")
-    best = scores(learner, tasks, source.metric)
-    one = run_scores(run, cfg.override(["eval.ensemble=1"]), learner, tasks, source.metric)
+    spec = EvalSpec(source.metric)
+    best = scores(learner, tasks, spec)
+    one = run_scores(run, cfg.override(["eval.ensemble=1"]), learner, tasks, spec)
     assert (one == best).all()
-    two = run_scores(run, cfg, learner, tasks, source.metric)
+    two = run_scores(run, cfg, learner, tasks, spec)
     assert not (two == best).all()
-    assert (scores(learner, tasks, source.metric) == best).all(), "the learner is restored"
+    assert (scores(learner, tasks, spec) == best).all(), "the learner is restored"
 
 
 def test_ensemble_averages_the_members_logits_per_task():
@@ -496,9 +495,9 @@ def test_ensemble_averages_the_members_logits_per_task():
     ]
     logits = [m.evaluate(batch, return_outputs=True)["output"] for m in (a, b)]
     mean = (logits[0] + logits[1]) / 2
-    got = ensemble_scores(a, members, [batch], "accuracy")
+    got = ensemble_scores(a, members, [batch], EvalSpec("accuracy"))
     torch.testing.assert_close(torch.from_numpy(got), task_accuracy(mean, batch.query_y).double())
-    loss = ensemble_scores(a, members, [batch], "loss")
+    loss = ensemble_scores(a, members, [batch], EvalSpec("loss"))
     torch.testing.assert_close(
         torch.from_numpy(loss), task_losses(mean, batch.query_y, "ce").double()
     )

@@ -31,6 +31,14 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
 
 
+def _json(obj: object, indent: int | None = None) -> str:
+    """Standard JSON: a non-finite number (an interval of one seed, a diverged loss) is
+    ``null``, never the ``NaN`` that strict parsers reject."""
+    from cmlearn.app.stats import finite
+
+    return json.dumps(finite(obj), indent=indent, allow_nan=False)
+
+
 def _runtime(args: argparse.Namespace) -> Runtime:
     from cmlearn.app.runtime import Runtime
 
@@ -73,9 +81,18 @@ def _parser() -> argparse.ArgumentParser:
     _runtime_args(ev)
 
     cp = sub.add_parser("compare", help="train and compare methods on the same test tasks")
-    cp.add_argument("--preset", required=True)
+    cp.add_argument("--preset", help="train (or reuse) the runs of this preset into --out")
+    cp.add_argument(
+        "--from",
+        dest="folders",
+        type=Path,
+        nargs="+",
+        metavar="FOLDER",
+        help="instead of --preset: pair the METHOD-sSEED runs already in these folders "
+        "(e.g. an old study and one that adds seeds); nothing is trained",
+    )
     cp.add_argument("--methods", required=True, help="e.g. maml,cml,anil,anil+cml")
-    cp.add_argument("--seeds", default="0")
+    cp.add_argument("--seeds", help="e.g. 0,1,2 (default: 0; with --from, every common seed)")
     cp.add_argument("--steps", type=int)
     cp.add_argument("--tasks", type=int)
     cp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -197,32 +214,32 @@ def cmd_train(args: argparse.Namespace) -> int:
             return launch(args.nproc, args.argv)
     summary = train(cfg, out, resume=args.resume, progress=not args.quiet, runtime=runtime)
     if _rank() == 0:
-        print(json.dumps(summary))
+        print(_json(summary))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from cmlearn.app.build import build_source
-    from cmlearn.app.evaluate import CHUNK, fixed_tasks, run_scores, summarize
-    from cmlearn.app.runs import load_run
+    from cmlearn.app.evaluate import EvalSpec, fixed_tasks, run_scores, summarize
+    from cmlearn.app.runs import load_run, read_config
 
     _positive("--tasks", args.tasks)
     _positive("--steps", args.steps)
     if not args.run.is_dir():
         raise CmlearnError(f"run folder {args.run} does not exist")
     runtime = _runtime(args)
-    cfg, learner = load_run(args.run, runtime=runtime)
+    source = build_source(read_config(args.run), runtime)  # once: load_run reuses it
+    cfg, learner = load_run(args.run, runtime=runtime, source=source)
     n = args.tasks or cfg.eval.tasks
     if n < 2:
         raise CmlearnError("--tasks must be at least 2 for a confidence interval")
     if args.mode != "cml" and learner.net.colearner is None:
         raise CmlearnError(f"--mode {args.mode} needs a run trained with a co-learner")
-    source = build_source(cfg, runtime)
     tasks = fixed_tasks(source, n, cfg.eval.seed, "test")
-    steps = args.steps or cfg.eval_steps
-    values = run_scores(  # the best checkpoint, or the top-k ensemble (eval.ensemble)
-        args.run, cfg, learner, tasks, source.metric, args.mode, steps, cfg.eval.batch or CHUNK
-    )
+    spec = EvalSpec.of(cfg, source.metric, args.mode, args.steps or 0)
+    steps = spec.steps
+    # the best checkpoint, or the top-k ensemble (eval.ensemble)
+    values = run_scores(args.run, cfg, learner, tasks, spec)
     result = {
         "run": str(args.run),
         "mode": args.mode,
@@ -234,7 +251,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     }
     result["n_tasks"] = result.pop("n")
     if args.json:
-        print(json.dumps(result))
+        print(_json(result))
     else:
         print(
             f"{args.run} [{args.mode}]: test {source.metric} {result['mean']:.4f} ± "
@@ -244,19 +261,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if (args.preset is None) == (args.folders is None):
+        raise CmlearnError("compare needs --preset (train) or --from FOLDER... (pair), not both")
+    seeds = None
+    if args.seeds is not None or args.folders is None:
+        try:
+            seeds = [int(s) for s in (args.seeds or "0").split(",") if s.strip()]
+        except ValueError:
+            raise CmlearnError(
+                f"--seeds expects comma-separated integers, got {args.seeds!r}"
+            ) from None
+        if not seeds:
+            raise CmlearnError("--seeds is empty")
+    if args.folders is not None:
+        return _compare_folders(args, seeds)
     cfg = _preset_config(args.preset, args.steps, args.tasks, args.overrides)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise CmlearnError(
-            f"--seeds expects comma-separated integers, got {args.seeds!r}"
-        ) from None
-    if not seeds:
-        raise CmlearnError("--seeds is empty")
     out = args.out or Path("runs") / f"compare-{args.preset}"
     return _compare_and_report(
         cfg, args.methods.split(","), seeds, out, args.quiet, args.json, _runtime(args), args.dagger
     )
+
+
+def _compare_folders(args: argparse.Namespace, seeds: list[int] | None) -> int:
+    """``compare --from``: the report of runs already trained; ``compare.json`` and the
+    plots go to ``--out`` when it is given (never into one of the folders read)."""
+    from cmlearn.app.compare import compare_folders, format_table
+    from cmlearn.app.runs import read_config
+
+    given = [f for f, v in (("--steps", args.steps), ("--tasks", args.tasks)) if v is not None]
+    given += ["--set"] if args.overrides else []
+    if given:
+        raise CmlearnError(
+            f"--from reads the runs' own settings; {', '.join(given)} cannot change them"
+        )
+    if args.out is not None and any(args.out.resolve() == f.resolve() for f in args.folders):
+        raise CmlearnError(
+            f"--out {args.out} is one of the --from folders: pick another (its compare.json "
+            "would be replaced)"
+        )
+    runtime = _runtime(args)
+    report = compare_folders(args.folders, args.methods.split(","), seeds, runtime, args.dagger)
+    if args.out is None:
+        print(_json(report) if args.json else format_table(report))
+        return 0
+    cfg = read_config(Path(next(iter(report["runs"].values()))))
+    return _write_report(report, cfg, args.out, args.json, runtime)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -289,16 +338,25 @@ def _compare_and_report(
     dagger: str = "code",
 ) -> int:
     """Train and compare, save ``compare.json``, print the table (or JSON), draw the plots."""
+    from cmlearn.app.compare import compare
+
+    report = compare(cfg, methods, seeds, out, not quiet, runtime, dagger)
+    return _write_report(report, cfg, out, as_json, runtime)
+
+
+def _write_report(
+    report: dict, cfg: Config, out: Path, as_json: bool, runtime: Runtime | None
+) -> int:
+    """Save ``compare.json``, print the table (or JSON), draw the plots."""
     from cmlearn.app.build import build_source
-    from cmlearn.app.compare import compare, format_table
+    from cmlearn.app.compare import format_table
     from cmlearn.app.evaluate import fixed_tasks
     from cmlearn.app.files import atomic_text
     from cmlearn.app.plots import learning_curves, sinusoid_fits
     from cmlearn.app.runs import load_run
 
-    report = compare(cfg, methods, seeds, out, not quiet, runtime, dagger)
-    atomic_text(json.dumps(report, indent=2) + "\n", out / "compare.json")
-    print(json.dumps(report) if as_json else format_table(report))
+    atomic_text(_json(report, indent=2) + "\n", out / "compare.json")
+    print(_json(report) if as_json else format_table(report))
     runs = {k: Path(v) for k, v in report["runs"].items()}
     plots = [learning_curves(runs, out / "learning_curves.png")]
     if cfg.data.name == "sinusoid":  # the paper's Fig. 2 view, first seed of each method
@@ -339,7 +397,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
     if args.json:
         from cmlearn.app.config import get_preset
 
-        print(json.dumps({name: get_preset(name).to_dict() for name, _ in listed}))
+        print(_json({name: get_preset(name).to_dict() for name, _ in listed}))
         return 0
     width = max(len(name) for name, _ in listed) + 2
     for name, text in listed:
@@ -361,7 +419,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CmlearnError("--threads needs at least one positive thread count")
     log = (lambda _: None) if args.json else (lambda s: print(f"... {s}", file=sys.stderr))
     result = bench.run(args.repeats, args.quick, threads, log)
-    print(json.dumps(result) if args.json else bench.format_report(result))
+    print(_json(result) if args.json else bench.format_report(result))
     return 0
 
 
@@ -373,7 +431,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command == "list":
         rows = catalog.list_datasets(root, default_cache())
         if args.json:
-            print(json.dumps(rows))
+            print(_json(rows))
             return 0
         print(f"data root: {root}")
         for row in rows:
@@ -389,7 +447,7 @@ def cmd_data(args: argparse.Namespace) -> int:
             args.name, root, default_cache(), checksums=not args.no_checksums
         )
         if args.json:
-            print(json.dumps(report))
+            print(_json(report))
             return 0
         for f in report["files"]:
             print(f"{f['path']}: md5 {f['md5']} ok, sha256 {f['sha256']}")

@@ -1,28 +1,31 @@
 """Seeded test tasks → per-task scores → mean ± 95% confidence interval; paired comparisons.
 
-A run trained with ``eval.ensemble=k`` is tested as MAML++'s code tests (``top_n_models``):
-each of its k best validation checkpoints adapts to every test task, and the mean of their
-outputs (the logits, for classification) is scored.
+A run trained with ``eval.ensemble=k`` is tested as MAML++ tests (IMAGES.md §3.5): each of its
+k best validation checkpoints adapts to every test task, and the mean of their outputs (the
+logits, for classification) is scored.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
-import math
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy
 import torch
-from scipy import stats
 from torch import Tensor
 
-from cmlearn.app.files import atomic_path
+from cmlearn.app.files import atomic_write
 from cmlearn.app.runs import inference_state, learner_device, read_state
+from cmlearn.app.stats import finite, paired, summarize  # noqa: F401  (public here too)
 from cmlearn.core.engine import Learner, task_accuracy, task_losses
 from cmlearn.core.errors import CmlearnError
 from cmlearn.core.tasks import TaskBatch, TaskSource
@@ -34,6 +37,25 @@ if TYPE_CHECKING:
 CHUNK = 500  # tasks drawn per generator; fixed, so the tasks depend only on the seed
 TOP = "top-*.pt"  # the top-k validation checkpoints of a run (``eval.ensemble``)
 SCORES = "scores"  # a run folder's cache of per-task test scores (``run_scores``)
+TEST_SCORES = "test_scores.json"  # a run folder's plain record of its test scores
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How tasks are scored, shared by ``scores``, ``run_scores`` and ``ensemble_scores``:
+    the per-task ``metric`` (``accuracy``, or a loss such as ``mse``), the evaluation ``mode``,
+    the inner ``steps`` (0 = the training rule's) and the tasks scored at a time
+    (``batch_size``, 0 = a chunk at a time)."""
+
+    metric: str
+    mode: str = "cml"
+    steps: int = 0
+    batch_size: int = 0
+
+    @classmethod
+    def of(cls, cfg: Config, metric: str, mode: str = "cml", steps: int = 0) -> EvalSpec:
+        """A run's spec: its test-time inner steps (unless ``steps``) and evaluation batch."""
+        return cls(metric, mode, steps or cfg.eval_steps, cfg.eval.batch or CHUNK)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -97,19 +119,13 @@ def batches(chunks: list, size: int = 0) -> list[TaskBatch]:
     return out
 
 
-def scores(
-    learner: Learner,
-    chunks: list,
-    metric: str,
-    mode: str = "cml",
-    steps: int = 0,
-    batch_size: int = 0,
-) -> np.ndarray:
-    """Per-task ``metric`` (``mse``: query loss; ``accuracy``) after adaptation with
-    ``steps`` inner steps (0 = the training rule's); ``batch_size`` tasks at a time."""
-    key = "accuracy" if metric == "accuracy" else "loss"
+def scores(learner: Learner, chunks: list, spec: EvalSpec) -> np.ndarray:
+    """Per-task ``spec.metric`` (``mse``: query loss; ``accuracy``) after adaptation with
+    ``spec.steps`` inner steps (0 = the training rule's); ``spec.batch_size`` tasks at a time."""
+    key = "accuracy" if spec.metric == "accuracy" else "loss"
+    steps = spec.steps or None
     return _per_task(
-        learner, chunks, batch_size, lambda b: learner.evaluate(b, mode, steps or None)[key]
+        learner, chunks, spec.batch_size, lambda b: learner.evaluate(b, spec.mode, steps)[key]
     )
 
 
@@ -127,49 +143,109 @@ def _per_task(
 
 
 def run_scores(
-    run: Path,
-    cfg: Config,
-    learner: Learner,
-    chunks: list,
-    metric: str,
-    mode: str = "cml",
-    steps: int = 0,
-    batch_size: int = 0,
+    run: Path, cfg: Config, learner: Learner, chunks: list, spec: EvalSpec
 ) -> np.ndarray:
     """A trained run's per-task test scores: the best checkpoint's (``learner``, as
     ``load_run`` gives it), or with ``eval.ensemble`` the ensemble of its best checkpoints.
     Kept in ``RUN/scores/``, so that scoring a finished run again (every ``compare`` that
-    reuses it) takes no time.
+    reuses it) takes no time, and recorded in ``RUN/test_scores.json`` (``record_scores``).
 
-    The key is a SHA-256 of what the scores depend on: the configuration and the arguments,
+    The key is a SHA-256 of what the scores depend on: the configuration and ``spec``,
     the parameters actually scored (the loaded learner's tensors, or the ensemble members once
     read, never the files, which a running training may replace meanwhile), the test tasks'
     own tensors and the graph of node tasks (so changed data or a changed sampler misses), the
-    device, the thread count, the torch / numpy / scipy versions and the source of this
-    package (so a changed line of cmlearn misses too). A damaged entry is scored again and
-    replaced.
+    device, the thread count, the torch / numpy / scipy versions and the source of the code
+    that computes a score (``code_digest``). Each entry is stored with the SHA-256 of its
+    bytes beside it (``KEY.sha256``); an entry that does not match it (damaged, truncated,
+    half written) is scored again and replaced, never used.
     """
     members = None
     if cfg.eval.ensemble:
-        members = ensemble_members(run, cfg.eval.ensemble, lower_is_better(metric), learner)
-    key = _score_key(cfg, chunks, metric, mode, steps, batch_size, learner, members)
+        members = ensemble_members(run, cfg.eval.ensemble, lower_is_better(spec.metric), learner)
+    key = _score_key(cfg, chunks, spec, learner, members)
     path = Path(run) / SCORES / f"{key}.npy"
+    values = _read_entry(path, sum(_size(c) for c in chunks))
+    if values is None:
+        if members is None:
+            values = scores(learner, chunks, spec)
+        else:
+            values = ensemble_scores(learner, members, chunks, spec)
+        _write_entry(path, values)
+    record_scores(run, chunks, spec, cfg.eval.ensemble, key, values)
+    return values
+
+
+def _read_entry(path: Path, n_tasks: int) -> np.ndarray | None:
+    """The cached scores at ``path`` if its bytes match the SHA-256 written beside them."""
     try:
-        values = np.load(path, allow_pickle=False)
-        if values.dtype == np.float64 and values.shape == (sum(_size(c) for c in chunks),):
-            return values
-    except Exception:  # absent or damaged (numpy raises many types): score again
-        pass
-    if members is None:
-        values = scores(learner, chunks, metric, mode, steps, batch_size)
-    else:
-        values = ensemble_scores(learner, members, chunks, metric, mode, steps, batch_size)
+        data = path.read_bytes()
+        if path.with_suffix(".sha256").read_text().strip() != hashlib.sha256(data).hexdigest():
+            return None
+        values = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception:  # absent or unreadable (numpy raises many types): score again
+        return None
+    if isinstance(values, np.ndarray) and values.dtype == np.float64 and values.shape == (n_tasks,):
+        return values
+    return None
+
+
+def _write_entry(path: Path, values: np.ndarray) -> None:
+    """Write the scores, then their SHA-256 (a crash between the two leaves an entry that
+    fails the check, so it is scored again)."""
+    buffer = io.BytesIO()
+    np.save(buffer, values, allow_pickle=False)
+    data = buffer.getvalue()
     try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, values, allow_pickle=False)
+        atomic_write(path, lambda f: f.write(data))
+        line = hashlib.sha256(data).hexdigest() + "\n"
+        atomic_write(path.with_suffix(".sha256"), lambda f: f.write(line.encode()))
     except (CmlearnError, OSError):  # a read-only run folder: the scores are still right
         pass
-    return values
+
+
+def record_scores(
+    run: Path, chunks: list, spec: EvalSpec, ensemble: int, key: str, values: np.ndarray
+) -> None:
+    """Keep ``values`` in ``RUN/test_scores.json``: a small plain file (one entry per metric,
+    mode, inner steps, ensemble and test tasks, the latest scoring of each) that outlives the
+    cache, reads without cmlearn, and can be committed beside a result. ``tasks`` is
+    ``tasks_digest`` of the test tasks, ``key`` the cache key; a non-finite score is ``null``."""
+    path = Path(run) / TEST_SCORES
+    seeds = {c.seed for c in chunks if isinstance(c, _Chunk)}
+    entry = {
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "steps": spec.steps,
+        "ensemble": ensemble,
+        "n_tasks": len(values),
+        "eval_seed": seeds.pop() if len(seeds) == 1 else None,
+        "tasks": tasks_digest(chunks),
+        "key": key,
+        "values": finite([float(v) for v in values]),
+    }
+    fields = ("metric", "mode", "steps", "ensemble", "tasks")
+    try:
+        entries = json.loads(path.read_text())["scores"]
+        entries = [e for e in entries if isinstance(e, dict)]
+    except Exception:  # absent, or not ours: start the record again
+        entries = []
+    if entry in entries:
+        return
+    same = [e for e in entries if all(e.get(f) == entry[f] for f in fields)]
+    entries = [e for e in entries if e not in same] + [entry]
+    text = json.dumps({"scores": entries}, allow_nan=False, separators=(",", ":"))
+    try:
+        atomic_write(path, lambda f: f.write(text.encode() + b"\n"))
+    except (CmlearnError, OSError):  # a read-only run folder
+        pass
+
+
+def tasks_digest(chunks: list) -> str:
+    """SHA-256 (hex) of all the tasks of ``chunks`` in order: equal digests, the same tasks."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk.digest() if isinstance(chunk, _Chunk) else task_digest(chunk))
+    return digest.hexdigest()
 
 
 def _size(chunk: object) -> int:
@@ -177,22 +253,15 @@ def _size(chunk: object) -> int:
 
 
 def _score_key(
-    cfg: Config,
-    chunks: list,
-    metric: str,
-    mode: str,
-    steps: int,
-    batch_size: int,
-    learner: Learner,
-    members: list[dict] | None,
+    cfg: Config, chunks: list, spec: EvalSpec, learner: Learner, members: list[dict] | None
 ) -> str:
     device = learner_device(learner)
     settings = {
         "config": cfg.to_dict(),
-        "metric": metric,
-        "mode": mode,
-        "steps": steps,
-        "batch": batch_size,
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "steps": spec.steps,
+        "batch": spec.batch_size,
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "threads": torch.get_num_threads(),
@@ -213,8 +282,7 @@ def _score_key(
         for t in (graph.features.coalesce(), graph.adjacency.coalesce()):
             _update(digest, t.indices(), t.values())
         _update(digest, graph.labels)
-    for chunk in chunks:
-        digest.update(chunk.digest() if isinstance(chunk, _Chunk) else task_digest(chunk))
+    digest.update(tasks_digest(chunks).encode())
     return digest.hexdigest()[:32]
 
 
@@ -232,27 +300,43 @@ def _update(digest: hashlib._Hash, *tensors: Tensor) -> None:
         digest.update(memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b"")
 
 
+def scoring_modules() -> list[ModuleType]:
+    """The code a score can depend on: the whole core (tasks and their samplers, models,
+    algorithms, the co-learner modes, the engine), the builder that turns a configuration
+    into a learner, the configuration itself and this module. Not the benchmarks, the CLI,
+    plots, analysis or training (what they change reaches a score only through the saved
+    parameters, which the key hashes)."""
+    from cmlearn import core
+    from cmlearn.app import build, config
+
+    return [core, build, config, sys.modules[__name__]]
+
+
+def scoring_files() -> list[Path]:
+    """The Python files of ``scoring_modules`` (a package: every file under it), sorted."""
+    files = set()
+    for module in scoring_modules():
+        path = Path(module.__file__)
+        files.update(path.parent.rglob("*.py") if hasattr(module, "__path__") else [path])
+    return sorted(files)
+
+
 @functools.cache
 def code_digest() -> str:
-    """SHA-256 of this package's Python source: any change to cmlearn changes it."""
+    """SHA-256 of the source of ``scoring_files``: a change there changes the cache key,
+    while editing a benchmark or the CLI keeps every cached score."""
     digest = hashlib.sha256()
-    root = Path(__file__).parent
-    for path in sorted(root.rglob("*.py")):
+    root = Path(sys.modules["cmlearn"].__file__).parent
+    for path in scoring_files():
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
 
 def ensemble_scores(
-    learner: Learner,
-    members: list[dict],
-    chunks: list,
-    metric: str,
-    mode: str = "cml",
-    steps: int = 0,
-    batch_size: int = 0,
+    learner: Learner, members: list[dict], chunks: list, spec: EvalSpec
 ) -> np.ndarray:
-    """Per-task ``metric`` of the mean output of ``members`` (saved states, ``member_state``):
+    """Per-task ``spec.metric`` of the mean output of ``members`` (saved states, ``member_state``):
     each adapts to the task on its own, as in ``scores``, and their query outputs are
     averaged before the argmax (accuracy) or the loss. ``learner`` is the model they are
     loaded into, one after the other; its own state is restored after."""
@@ -261,16 +345,16 @@ def ensemble_scores(
         total = None
         for member in members:
             load_member(learner, member)
-            result = learner.evaluate(batch, mode, steps or None, return_outputs=True)
+            result = learner.evaluate(batch, spec.mode, spec.steps or None, return_outputs=True)
             total = result["output"] if total is None else total + result["output"]
         mean = total / len(members)
-        if metric == "accuracy":
+        if spec.metric == "accuracy":
             return task_accuracy(mean, batch.query_y)
         return task_losses(mean, batch.query_y, learner.loss)
 
     own = _snapshot(learner)
     try:
-        return _per_task(learner, chunks, batch_size, score)
+        return _per_task(learner, chunks, spec.batch_size, score)
     finally:
         load_member(learner, own)
 
@@ -330,21 +414,3 @@ def ensemble_members(run: Path, k: int, lower: bool, learner: Learner) -> list[d
             f"{run} holds no top-k checkpoints ({TOP}): it was not trained with eval.ensemble"
         )
     return sorted(states, key=lambda state: member_key(state, lower))[:k]
-
-
-def summarize(values: np.ndarray) -> dict[str, float]:
-    """Mean and the half-width of its 95% confidence interval (Student t)."""
-    n = len(values)
-    mean = float(np.mean(values))
-    if n < 2:
-        return {"mean": mean, "ci95": math.nan, "std": math.nan, "n": n}
-    std = float(np.std(values, ddof=1))
-    half = float(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
-    return {"mean": mean, "ci95": half, "std": std, "n": n}
-
-
-def paired(values: np.ndarray, baseline: np.ndarray) -> dict[str, float]:
-    """Mean per-task difference ``values − baseline`` on the same tasks, with its 95% CI."""
-    if values.shape != baseline.shape:
-        raise ValueError("a paired comparison needs scores on the same tasks")
-    return summarize(values - baseline)

@@ -32,6 +32,7 @@ from cmlearn.app.logs import METRICS
 from cmlearn.app.runtime import Runtime
 from cmlearn.core.engine import Learner
 from cmlearn.core.errors import CmlearnError
+from cmlearn.core.tasks import TaskSource
 
 try:
     import fcntl
@@ -261,13 +262,20 @@ def read_state(path: Path, device: torch.device | None = None) -> dict:
 
 
 def load_run(
-    run: Path, checkpoint: str = MODEL, runtime: Runtime | None = None
+    run: Path,
+    checkpoint: str = MODEL,
+    runtime: Runtime | None = None,
+    source: TaskSource | None = None,
 ) -> tuple[Config, Learner]:
-    """Rebuild a trained learner from a run folder: the best model (and co-learner, if any)."""
+    """Rebuild a trained learner from a run folder: the best model (and co-learner, if any).
+
+    ``source`` is the run's task source when the caller has built it already (it must come
+    from the same ``data`` and ``task`` settings): a dataset is then read once, not twice."""
     run = Path(run)
     runtime = runtime or Runtime()
     cfg = read_config(run)
-    learner = build_learner(cfg, build_source(cfg, runtime), runtime.device)
+    source = source if source is not None else build_source(cfg, runtime)
+    learner = build_learner(cfg, source, runtime.device)
     saved = read_state(run / checkpoint, runtime.device)
     co = read_state(run / COLEARNER, runtime.device) if learner.net.colearner is not None else None
     if co is not None and co.get("step") != saved.get("step"):

@@ -30,6 +30,7 @@ from cmlearn.app.config import Config
 from cmlearn.app.distributed import Distributed, join
 from cmlearn.app.evaluate import (
     CHUNK,
+    EvalSpec,
     ensemble_paths,
     fixed_tasks,
     lower_is_better,
@@ -410,16 +411,7 @@ def _train(
                     state.window = [0.0, 0.0, 0]
                 if dist.main and (state.step % cfg.train.val_every == 0 or state.step == total):
                     tasks = val if not tlp else tlp_tasks(source, cfg, "val", state.step)
-                    value = float(
-                        scores(
-                            learner,
-                            tasks,
-                            source.metric,
-                            "cml",
-                            cfg.eval_steps,
-                            cfg.eval.batch or CHUNK,
-                        ).mean()
-                    )
+                    value = float(scores(learner, tasks, EvalSpec.of(cfg, source.metric)).mean())
                     if not math.isfinite(value):
                         raise CmlearnError(
                             f"validation {source.metric} became {value} at step {state.step}; "
@@ -479,7 +471,7 @@ def tlp_tasks(source, cfg: Config, split: str, step: int) -> list[TaskBatch]:
 def tlp_test(learner: Learner, source, cfg: Config, step: int) -> dict:
     """Per-task test scores of the current model on fresh tasks (TLP's test at a new best)."""
     tasks = tlp_tasks(source, cfg, "test", step)
-    values = scores(learner, tasks, source.metric, "cml", cfg.eval_steps, cfg.eval.batch or CHUNK)
+    values = scores(learner, tasks, EvalSpec.of(cfg, source.metric))
     return {"step": step, "metric": source.metric, "values": [float(v) for v in values]}
 
 
