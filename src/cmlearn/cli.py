@@ -26,6 +26,25 @@ class _Parser(argparse.ArgumentParser):
         raise CmlearnError(message)
 
 
+def _integer(text: str) -> int:
+    """An integer flag as written: ASCII digits (Python's ``int`` also takes ``１２``, ``٣``
+    and ``1_000``)."""
+    from cmlearn.registry import INTEGER
+
+    if not INTEGER.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(
+            f"expected an integer written with the digits 0-9, got {text!r}"
+        )
+    return int(text)
+
+
+def _folder(text: str) -> Path:
+    """An output folder; an empty name would be the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder name, got an empty one")
+    return Path(text)
+
+
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", type=Path, help="folder holding the datasets (or CMLEARN_DATA)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
@@ -45,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="train MAML and CML on the sinusoid CPU preset, compare")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--steps", type=int)
+    demo.add_argument("--out", type=_folder, default=Path("runs/demo"))
+    demo.add_argument("--steps", type=_integer)
     demo.add_argument("--quiet", action="store_true")
     _runtime_args(demo)
 
@@ -54,32 +73,35 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset")
     tr.add_argument("--algorithm", choices=list(ALGORITHMS))
     tr.add_argument("--colearner", choices=list(CO_MODES))
-    tr.add_argument("--steps", type=int)
-    tr.add_argument("--seed", type=int)
-    tr.add_argument("--out", type=Path)
+    tr.add_argument("--steps", type=_integer)
+    tr.add_argument("--seed", type=_integer)
+    tr.add_argument("--out", type=_folder)
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.add_argument("--log", choices=["jsonl", "tensorboard"], help="also TensorBoard events")
-    tr.add_argument("--nproc", type=int, help="train as N processes on this machine (torchrun)")
+    tr.add_argument(
+        "--nproc", type=_integer, help="train as N processes on this machine (torchrun)"
+    )
     tr.add_argument("--quiet", action="store_true")
     _runtime_args(tr)
 
     ev = sub.add_parser("eval", help="evaluate a run on its seeded test tasks")
     ev.add_argument("run", type=Path)
     ev.add_argument("--mode", choices=list(EVAL_MODES), default="cml")
-    ev.add_argument("--tasks", type=int)
-    ev.add_argument("--steps", type=int, help="inner steps at test time")
+    ev.add_argument("--tasks", type=_integer)
+    ev.add_argument("--steps", type=_integer, help="inner steps at test time")
     ev.add_argument("--json", action="store_true")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
     _runtime_args(ev)
 
     cp = sub.add_parser("compare", help="train and compare methods on the same test tasks")
     cp.add_argument("--preset", required=True)
     cp.add_argument("--methods", required=True, help="e.g. maml,cml,anil,anil+cml")
     cp.add_argument("--seeds", default="0")
-    cp.add_argument("--steps", type=int)
-    cp.add_argument("--tasks", type=int)
+    cp.add_argument("--steps", type=_integer)
+    cp.add_argument("--tasks", type=_integer)
     cp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    cp.add_argument("--out", type=Path)
+    cp.add_argument("--out", type=_folder)
     cp.add_argument(
         "--dagger",
         choices=("code", "paper", "none"),
@@ -93,17 +115,17 @@ def _parser() -> argparse.ArgumentParser:
 
     an = sub.add_parser("analyze", help="the paper's Fig. 3 analyses of runs (PNGs + JSON)")
     an.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run or compare folders")
-    an.add_argument("--out", type=Path, help="output folder (default: FIRST_RUN/analysis)")
-    an.add_argument("--tasks", type=int, help="test tasks for CKA (default: 100)")
+    an.add_argument("--out", type=_folder, help="output folder (default: FIRST_RUN/analysis)")
+    an.add_argument("--tasks", type=_integer, help="test tasks for CKA (default: 100)")
     _runtime_args(an)
 
     pr = sub.add_parser("presets", help="list the presets")
     pr.add_argument("--json", action="store_true", help="each preset's resolved configuration")
-    pr.add_argument("--table", type=int, help="only the presets of this paper table (e.g. 3)")
+    pr.add_argument("--table", type=_integer, help="only the presets of this paper table (e.g. 3)")
     bench = sub.add_parser("bench", help="speed and memory benchmarks (ratios to a reference)")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--quick", action="store_true")
-    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--repeats", type=_integer, default=5)
     bench.add_argument("--threads", default="1,2", help="thread counts to compare, e.g. 1,2")
     _data_parser(sub)
     return p
@@ -203,26 +225,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from cmlearn.build import build_source
+    from cmlearn.config import MAX_EVAL_TASKS
     from cmlearn.evaluate import CHUNK, fixed_tasks, run_scores, summarize
+    from cmlearn.progress import counting
     from cmlearn.runs import load_run
 
     _positive("--tasks", args.tasks)
     _positive("--steps", args.steps)
-    if not args.run.is_dir():
+    if not args.run.exists():
         raise CmlearnError(f"run folder {args.run} does not exist")
+    if not args.run.is_dir():
+        raise CmlearnError(f"{args.run} is a file; eval takes a run folder")
+    if args.tasks is not None and not 2 <= args.tasks <= MAX_EVAL_TASKS:
+        raise CmlearnError(
+            f"--tasks must be in [2, {MAX_EVAL_TASKS}] (at least 2 for a confidence interval)"
+        )
     runtime = _runtime(args)
     cfg, learner = load_run(args.run, runtime=runtime)
     n = args.tasks or cfg.eval.tasks
-    if n < 2:
-        raise CmlearnError("--tasks must be at least 2 for a confidence interval")
     if args.mode != "cml" and learner.net.colearner is None:
         raise CmlearnError(f"--mode {args.mode} needs a run trained with a co-learner")
     source = build_source(cfg, runtime)
     tasks = fixed_tasks(source, n, cfg.eval.seed, "test")
     steps = args.steps or cfg.eval_steps
-    values = run_scores(  # the best checkpoint, or the top-k ensemble (eval.ensemble)
-        args.run, cfg, learner, tasks, source.metric, args.mode, steps, cfg.eval.batch or CHUNK
-    )
+    with counting(n, f"eval {args.mode} on {n} test tasks", not args.quiet):
+        values = run_scores(  # the best checkpoint, or the top-k ensemble (eval.ensemble)
+            args.run, cfg, learner, tasks, source.metric, args.mode, steps, cfg.eval.batch or CHUNK
+        )
     result = {
         "run": str(args.run),
         "mode": args.mode,

@@ -14,7 +14,7 @@ from cmlearn.build import build_source
 from cmlearn.cml import CO_MODES
 from cmlearn.config import Config
 from cmlearn.evaluate import CHUNK, fixed_tasks, paired, run_scores, summarize
-from cmlearn.runs import CHECKPOINT, RunFolder, load_run, read_config
+from cmlearn.runs import CHECKPOINT, RunFolder, claim_compare, load_run, read_config
 from cmlearn.runtime import Runtime
 from cmlearn.train import train
 
@@ -100,6 +100,7 @@ def compare(
         raise CmlearnError(
             f"each method may appear once in --methods (cml is {base.algorithm}+cml here)"
         )
+    claim_compare(out)  # a compare folder, never a train run's or a foreign one
     runtime = runtime or Runtime()
     source = build_source(base, runtime)
     tlp = base.eval.protocol == "tlp"

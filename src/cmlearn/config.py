@@ -26,6 +26,8 @@ from cmlearn.logs import SINKS
 from cmlearn.registry import COLEARNERS, DATASETS, MODELS, Registry, check, coerce
 
 MAX_STEPS = 10**9  # anything larger is a typo, not a run
+MAX_THREADS = 1024  # torch allocates per thread: 100000 threads is a MemoryError, not a run
+MAX_EVAL_TASKS = 1_000_000
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -137,7 +139,10 @@ class TrainConfig:
         check(self.log_every > 0, "train.log_every must be positive")
         check(self.analysis_every >= 0, "train.analysis_every must not be negative (0 = off)")
         check(self.strategy in STRATEGIES, f"train.strategy must be one of {STRATEGIES}")
-        check(self.threads >= 0, "train.threads must not be negative (0 = torch's default)")
+        check(
+            0 <= self.threads <= MAX_THREADS,
+            f"train.threads must be in [0, {MAX_THREADS}] (0 = torch's default)",
+        )
         check(self.seed >= 0, f"train.seed must not be negative (got {self.seed})")
         check(self.log in SINKS, f"train.log must be one of {', '.join(SINKS)}")
         check(0 < self.epoch_steps <= MAX_STEPS, f"train.epoch_steps must be in [1, {MAX_STEPS}]")
@@ -166,7 +171,7 @@ class EvalConfig:
     ensemble: int = 0  # >0: test = mean logits of the k best validation checkpoints (MAML++)
 
     def __post_init__(self) -> None:
-        check(2 <= self.tasks <= 1_000_000, "eval.tasks must be in [2, 1000000]")
+        check(2 <= self.tasks <= MAX_EVAL_TASKS, f"eval.tasks must be in [2, {MAX_EVAL_TASKS}]")
         check(self.protocol in PROTOCOLS, f"eval.protocol must be one of {', '.join(PROTOCOLS)}")
         check(self.batch >= 0, "eval.batch must not be negative (0 = 500)")
         check(self.steps >= 0, "eval.steps must not be negative (0 = inner.steps)")

@@ -24,6 +24,7 @@ from torch import Tensor
 from cmlearn import CmlearnError
 from cmlearn.engine import Learner, task_accuracy, task_losses
 from cmlearn.files import atomic_path
+from cmlearn.progress import advance
 from cmlearn.runs import inference_state, learner_device, read_state
 from cmlearn.tasks import TaskBatch, TaskSource
 from cmlearn.tasks.batch import generator
@@ -120,7 +121,11 @@ def _per_task(
     was_training = learner.net.training
     learner.net.eval()
     try:
-        out = [score(b).detach().cpu() for chunk in chunks for b in batches([chunk], batch_size)]
+        out = []
+        for chunk in chunks:
+            for b in batches([chunk], batch_size):
+                out.append(score(b).detach().cpu())
+                advance(b.n_tasks)  # cmlearn eval's progress bar, if one is open
     finally:
         learner.net.train(was_training)
     return torch.cat(out).double().numpy()
