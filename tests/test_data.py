@@ -252,6 +252,16 @@ def test_damaged_cache_is_a_one_line_error(root: Path, cache: Path) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_overwritten_bytes_in_a_cache_are_caught(root: Path, cache: Path) -> None:
+    from tests.test_faults import _overwrite_inside
+
+    load(root, cache)
+    (path,) = cache_files(cache)
+    _overwrite_inside(path)  # torch.load alone would return the changed images
+    with pytest.raises(CmlearnError, match="fails its CRC-32 check.*delete it"):
+        load(root, cache)
+
+
 def test_cache_of_other_sources_is_refused(root: Path, cache: Path) -> None:
     load(root, cache)
     (path,) = cache_files(cache)
