@@ -431,3 +431,29 @@ def test_a_test_run_without_the_real_data_says_what_it_skipped_and_how_to_run_it
     assert "test_citeseer_preset_trains_and_tests[gmeta]" in result.stdout
     assert f"CMLEARN_DATA={tmp_path / 'absent'}" in result.stdout
     assert "to run them:" in result.stdout
+
+
+def test_presets_are_grouped_under_headers_each_listed_once(cli):
+    from cmlearn.presets import PRESETS
+
+    out = cli("presets").stdout
+    headers = [line for line in out.splitlines() if line and not line.startswith(" ")]
+    assert headers[0] == "sinusoid regression: sinusoid (6)"
+    assert "few-shot node classification: citeseer (12)" in headers
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    assert sorted(listed) == sorted(PRESETS)  # every preset, once
+    assert listed.index("sinusoid-5shot") < listed.index("sinusoid-10shot")  # natural order
+
+
+def test_presets_of_a_table_print_each_paper_number_once(cli):
+    out = cli("presets", "--table", "3").stdout
+    row = next(line for line in out.splitlines() if "citeseer-2w1s-gmeta " in line)
+    assert row.count("55.15") == 1 and row.count("61.17") == 1, row
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    result = subprocess.run(
+        f"{sys.executable} -m cmlearn presets | head -1", shell=True, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert result.stdout.startswith("sinusoid regression") and result.stderr == ""

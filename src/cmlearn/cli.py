@@ -371,8 +371,17 @@ def cmd_presets(args: argparse.Namespace) -> int:
         print(json.dumps({name: get_preset(name).to_dict() for name, _ in listed}))
         return 0
     width = max(len(name) for name, _ in listed) + 2
-    for name, text in listed:
-        print(f"{name:<{width}}{text}")
+    if args.table is not None:
+        print(f"Table {args.table}: the paper's numbers  ·  the preset")
+        for name, text in listed:
+            print(f"  {name:<{width}}{text}")
+        return 0
+    from cmlearn.presets import grouped
+
+    for i, (header, rows) in enumerate(grouped()):
+        print(("\n" if i else "") + header)
+        for name, text in rows:
+            print(f"  {name:<{width}}{text}")
     return 0
 
 
@@ -495,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{who}: aborted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cmlearn presets | head`: the reader left; nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141
 
 
 if __name__ == "__main__":
