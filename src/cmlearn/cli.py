@@ -414,10 +414,15 @@ def cmd_data(args: argparse.Namespace) -> int:
             print(json.dumps(rows))
             return 0
         print(f"data root: {root}")
-        for row in rows:
-            state = "ok" if row["valid"] else "incomplete" if row["present"] else "absent"
-            cached = "cached" if row["cached"] else "-"
-            print(f"{row['name']:<16}{state:<12}{cached:<8}{row['download']:<11}{row['where']}")
+        width = max(len(row["name"]) for row in rows) + 4
+        line = "{:<" + str(width) + "}{:<12}{:<8}{:<11}{}"
+        for domain in dict.fromkeys(row["domain"] for row in rows):
+            print(f"\n{domain}")
+            print(line.format("  dataset", "state", "cache", "download", "folder"))
+            for row in (r for r in rows if r["domain"] == domain):
+                state = "ok" if row["valid"] else "incomplete" if row["present"] else "absent"
+                cached = "cached" if row["cached"] else "-"
+                print(line.format(f"  {row['name']}", state, cached, row["download"], row["where"]))
         for row in rows:
             if row["present"] and not row["valid"]:
                 print(f"  {row['name']}: {row['problem']}")
@@ -430,10 +435,14 @@ def cmd_data(args: argparse.Namespace) -> int:
             print(json.dumps(report))
             return 0
         for f in report["files"]:
-            print(f"{f['path']}: md5 {f['md5']} ok, sha256 {f['sha256']}")
+            verdict = "ok" if f["ok"] else "differs"
+            print(f"{f['path']}: md5 {f['md5']} {verdict}, sha256 {f['sha256']}")
+        unit = "nodes" if "nodes" in report else "images"
         for split, counts in report["splits"].items():
-            print(f"{args.name} {split}: {counts['classes']} classes, {counts['images']} images")
-        print(f"{args.name}: ok ({report['where']})")
+            print(f"{args.name} {split}: {counts['classes']} classes, {counts[unit]} {unit}")
+        for warning in report["warnings"]:
+            print(f"cmlearn: warning: {warning}", file=sys.stderr)
+        print(f"{args.name}: ok, {report[unit]} {unit} ({report['where']})")
         return 0
     for row in catalog.fetch_dataset(args.name, root, args.url, progress=not args.quiet):
         print(f"{row['file']}: {row['status']} -> {row['path']}")
