@@ -358,6 +358,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"{run['label']}: CKA before/after adaptation: {text}")
     names = [out / name for name in report["figures"].values()]
     print("analysis: " + ", ".join(str(p) for p in [out / "analysis.json", *names]))
+    for name, why in report["skipped_figures"].items():
+        print(f"not drawn: {name} ({why})")
     return 0
 
 
