@@ -339,12 +339,12 @@ def _open(
     optimizer = make_optimizer(learner, cfg)
     state = RunState()
     if resume:
+        _check_resume(folder.read_config(), cfg)  # its reasons first, then any other change
         state = folder.load_checkpoint(learner, optimizer, cfg)
         if cfg.train.steps < state.step:
             raise CmlearnError(
                 f"{out} is already at step {state.step}; --steps must be at least that"
             )
-        _check_resume(folder.read_config(), cfg)
         note = folder.truncate_metrics(state) if dist.main else None
         if note:
             print(f"cmlearn: {note}", file=sys.stderr)
