@@ -400,11 +400,7 @@ def _loop(
         return stop.requested or (should_stop is not None and should_stop(step))
 
     dist.vote = lambda: asked(state.step + 1)  # asked during the step's all-reduce
-    # only what is set, so a step_fn written for plain outer_step (*args) still runs
-    options: dict = {"dist": dist} if dist.active else {}
-    options |= {
-        k: getattr(cfg.train, k) for k in ("sam_rho", "grad_clamp") if getattr(cfg.train, k)
-    }
+    options = _step_options(run)
     metrics = out / METRICS if dist.main else Path(os.devnull)  # rank 0 logs
     progress = progress and dist.main
     if dist.main and run.resume:
@@ -428,18 +424,7 @@ def _loop(
             if not dist.active and stop.requested:  # a signal while the run loaded
                 _save_and_stop(run, clock, stop)
             while state.step < total and not _patience_spent(cfg, state):
-                result = _step(run, step_fn, options)
-                if result.analysis is not None:
-                    emit({"step": state.step, "gradients": result.analysis})
-                state.step += 1
-                state.window[0] += result.meta
-                state.window[1] += result.co or 0.0
-                state.window[2] += 1
-                bar.set_loss(state.window[0] / state.window[2])  # the latest: this window's
-                if state.step % cfg.train.log_every == 0 or state.step == total:
-                    emit(_log_record(run))
-                    state.window = [0.0, 0.0, 0]
-                bar.update(1)
+                _record(run, _step(run, step_fn, options), emit, bar)
                 if validation is not None and validation.due(state.step):
                     validation.validate(emit)
                     clock.tick(state)
@@ -459,6 +444,31 @@ def _loop(
         f"best_val_{run.source.metric}": state.best if not math.isnan(state.best) else None,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _step_options(run: _Run) -> dict:
+    """The keyword arguments of ``step_fn``: only what is set, so a step_fn written for plain
+    ``outer_step`` (positional arguments) still runs."""
+    options: dict = {"dist": run.dist} if run.dist.active else {}
+    train = run.cfg.train
+    return options | {k: getattr(train, k) for k in ("sam_rho", "grad_clamp") if getattr(train, k)}
+
+
+def _record(run: _Run, result: StepResult, emit: Callable[[dict], None], bar: Progress) -> None:
+    """Count the step that gave ``result``: its gradient analysis, its losses in the log
+    window, a log record every ``train.log_every`` steps (and at the last), the bar."""
+    state, cfg = run.state, run.cfg
+    if result.analysis is not None:
+        emit({"step": state.step, "gradients": result.analysis})
+    state.step += 1
+    state.window[0] += result.meta
+    state.window[1] += result.co or 0.0
+    state.window[2] += 1
+    bar.set_loss(state.window[0] / state.window[2])  # the latest: this window's mean
+    if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
+        emit(_log_record(run))
+        state.window = [0.0, 0.0, 0]
+    bar.update(1)
 
 
 def _say_if_finished(run: _Run) -> None:
