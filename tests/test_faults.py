@@ -485,6 +485,14 @@ def test_a_non_empty_foreign_folder_is_refused(command, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
 
 
+def test_a_file_as_out_is_named_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("keep me")
+    for argv in (_train_argv(str(tmp_path / "f")), _compare_argv(str(tmp_path / "f"))):
+        assert main(argv) == 2
+        assert "is a file, not a folder" in _one_line(capsys.readouterr().err)
+    assert (tmp_path / "f").read_text() == "keep me"
+
+
 def test_an_empty_out_is_refused(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for argv in (_train_argv(""), _compare_argv("")):

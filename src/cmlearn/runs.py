@@ -299,7 +299,8 @@ def _remove_if_empty(folder: Path) -> None:
 
 
 def folder_kind(path: Path) -> str:
-    """``absent``, ``empty``, ``run``, ``compare`` or ``foreign``. A run folder has a
+    """``absent``, ``empty``, ``run``, ``compare`` or ``foreign`` (a file, or a folder that
+    cannot be read, is a ``CmlearnError``). A run folder has a
     ``config.json`` or a checkpoint, or only a lock and temporaries (a run killed before
     its configuration was written); a compare folder has the mark ``compare`` writes first
     (or, written by older versions, a ``compare.json``)."""
@@ -307,8 +308,11 @@ def folder_kind(path: Path) -> str:
     if not path.exists():
         return "absent"
     if not path.is_dir():
-        return "foreign"
-    names = {p.name for p in path.iterdir()}
+        raise CmlearnError(f"{path} is a file, not a folder")
+    try:
+        names = {p.name for p in path.iterdir()}
+    except OSError as err:
+        raise CmlearnError(f"cannot read {path}: {err.strerror or err}") from None
     if COMPARE_MARK in names or "compare.json" in names:
         return "compare"
     if CONFIG in names or CHECKPOINT in names:
