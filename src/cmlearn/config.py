@@ -290,7 +290,9 @@ def _parse(raw: str) -> Any:
         return raw
 
 
-def _set(obj: Any, dotted: str, value: Any) -> Any:
+def _set(obj: Any, dotted: str, value: Any, prefix: str = "") -> Any:
+    """``obj`` with the field at ``dotted`` set to ``value`` (``prefix``: the sections above
+    ``obj``, so an error names the whole key)."""
     head, _, rest = dotted.partition(".")
     if isinstance(obj, Choice):
         return _set_choice(obj, head, rest, value, dotted)
@@ -302,14 +304,14 @@ def _set(obj: Any, dotted: str, value: Any) -> Any:
     if rest:
         if not dataclasses.is_dataclass(current):
             raise CmlearnError(f"config key {head!r} has no field {rest!r}")
-        new = _set(current, rest, value)
+        new = _set(current, rest, value, f"{prefix}{head}.")
     else:
         if isinstance(current, Choice) and isinstance(value, dict):
             new = type(current)(value.get("name", current.name), value.get("options"))
         elif dataclasses.is_dataclass(current):
             raise CmlearnError(f"config key {head!r} is a section; set one of its fields")
         else:
-            new = coerce(value, current, dotted)
+            new = coerce(value, current, prefix + dotted)
     try:
         return dataclasses.replace(obj, **{head: new})
     except ValueError as err:
