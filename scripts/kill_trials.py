@@ -147,9 +147,9 @@ def kill_trials(kills: int, seed: int = 0, work: Path | None = None, steps: int 
 
 def _overwrite_inside(path: Path, n: int = 8) -> None:
     """Change ``n`` bytes in the middle of ``path``'s largest record (a tensor's data) or, for
-    a file that is no archive, in its middle."""
+    a file that is no archive (a ``.npy``: its data comes last), just before its last ``n``."""
     data = bytearray(path.read_bytes())
-    at = len(data) // 2
+    at = max(len(data) - 2 * n, 0)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             info = max(archive.infolist(), key=lambda i: i.file_size)
