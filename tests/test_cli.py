@@ -392,12 +392,17 @@ def test_the_training_bar_shows_the_latest_loss_and_each_new_best(shown_run):
     assert first and " loss " in first[0], err
 
 
-def test_resuming_a_finished_run_says_so_and_how_to_train_on(shown_run, cli):
+def test_resuming_a_finished_run_says_so_and_how_to_train_on(shown_run, cli, capsys):
     run, _ = shown_run
     result = cli("train", "--out", str(run), "--resume")
     assert result.returncode == 0
     assert f"{run} is finished (40 of 40 steps)" in result.stderr
     assert f"cmlearn train --out {run} --resume --steps 80" in result.stderr
+    from cmlearn.runs import read_config
+    from cmlearn.train import train
+
+    train(read_config(run), run, resume=True)  # as compare reuses a finished run: no word
+    assert "is finished" not in capsys.readouterr().err
 
 
 def test_eval_shows_progress_over_the_test_tasks_on_stderr(shown_run, cli):

@@ -217,7 +217,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         if args.nproc > 1:
             return launch(args.nproc, args.argv)
-    summary = train(cfg, out, resume=args.resume, progress=not args.quiet, runtime=runtime)
+    summary = train(
+        cfg, out, resume=args.resume, progress=not args.quiet, runtime=runtime, explain=True
+    )
     if _rank() == 0:
         print(json.dumps(summary))
     return 0

@@ -276,8 +276,11 @@ def train(
     should_stop: Callable[[int], bool] | None = None,
     runtime: Runtime | None = None,
     step_fn: Callable[..., StepResult] = outer_step,
+    explain: bool = False,
 ) -> dict:
-    """Meta-train ``cfg`` into run folder ``out``; returns a summary dict.
+    """Meta-train ``cfg`` into run folder ``out``; returns a summary dict. ``explain``: a
+    resumed run with nothing left to train says so on stderr, and how to train on (the
+    ``cmlearn train`` command; ``compare`` reuses finished runs without a word).
 
     ``should_stop(step)`` is polled after every step (Ctrl-C sets the same flag); a stop
     saves the checkpoint and raises ``Interrupted``. A non-finite loss stops the run with a
@@ -300,6 +303,8 @@ def train(
         with folder.lock() if dist.main else nullcontext():
             runtime = dist.runtime(runtime)
             run = _open(cfg, folder, resume, runtime, dist)
+            if explain and dist.main and run.resume:
+                _say_if_finished(run)
             return _loop(run, progress, should_stop, step_fn, stop)
 
 
@@ -403,8 +408,6 @@ def _loop(
     options = _step_options(run)
     metrics = out / METRICS if dist.main else Path(os.devnull)  # rank 0 logs
     progress = progress and dist.main
-    if dist.main and run.resume:
-        _say_if_finished(run)
     bar = Progress(total, state.step, f"{cfg.algorithm}+{cfg.colearner.mode}", progress)
     if validation is not None:
         validation.bar = bar
