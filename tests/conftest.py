@@ -96,3 +96,29 @@ def tiny_cfg():
             "colearner.head.hidden=8",
         ]
     )
+
+
+def _data_skip(report: pytest.TestReport) -> bool:
+    """A test skipped because the real datasets are absent (its reason names the data root)."""
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return "CMLEARN_DATA" in reason or os.environ["CMLEARN_DATA"] in reason
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Say which real-data tests were skipped, why and how to run them: on a fresh clone the
+    data folder is absent and they would otherwise skip without a word."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if _data_skip(r)]
+    if not skipped:
+        return
+    root = os.environ["CMLEARN_DATA"]
+    terminalreporter.section("real-data tests skipped")
+    terminalreporter.write_line(
+        f"{len(skipped)} tests need the real datasets, which were not found under "
+        f"CMLEARN_DATA={root}:"
+    )
+    for report in skipped:
+        terminalreporter.write_line(f"  {report.nodeid}")
+    terminalreporter.write_line(
+        "to run them: fetch the data (cmlearn data fetch omniglot --data-root DIR; "
+        "cmlearn data list shows what is found) and run CMLEARN_DATA=DIR python -m pytest"
+    )

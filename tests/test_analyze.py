@@ -161,3 +161,55 @@ def _write(folder, *pairs: str):
     for name, text in zip(pairs[::2], pairs[1::2], strict=True):
         (folder / name).write_text(text)
     return folder
+
+
+# --- figures that say what they show (issue 21, §4) ------------------------------------------
+
+
+def test_runs_without_gradient_records_draw_no_placeholder(tiny_cfg, tmp_path, capsys):
+    run, out = tmp_path / "maml", tmp_path / "figures"
+    train(tiny_cfg, run, progress=False)  # no co-learner, train.analysis_every=0
+    out.mkdir()
+    (out / "fig3b_cosine.png").write_bytes(b"stale")  # from an earlier analysis
+    assert main(["analyze", str(run), "--out", str(out), "--tasks", "5"]) == 0
+    text = capsys.readouterr().out
+    for name in ("fig3b_cosine.png", "fig3c_grad_norms.png"):
+        assert not (out / name).exists(), name
+        assert f"not drawn: {name} (no gradient records" in text
+    assert (out / "fig3a_validation.png").exists() and (out / "fig3d_cka.png").exists()
+    report = json.loads((out / "analysis.json").read_text())
+    assert "fig3b" not in report["figures"] and "fig3b_cosine.png" in report["skipped_figures"]
+
+
+def test_a_one_layer_cosine_figure_is_as_wide_as_the_others(tmp_path):
+    from PIL import Image
+
+    from cmlearn.app.analysis import figures
+
+    series = {"steps": [0, 10], "cosine": [0.1, 0.2], "meta_norm": [1, 1], "co_norm": [1, 1]}
+    runs = [{"label": "cml", "gradients": {"layers": {"fc1": series}}}]
+    path = figures.cosine_figure(runs, tmp_path / "c.png")
+    assert Image.open(path).size[0] >= 720  # 432 px clipped the title
+
+
+def test_learning_curve_ticks_do_not_collide_and_the_log_axis_is_labelled(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from cmlearn import plots
+
+    run = tmp_path / "r"
+    run.mkdir()
+    records = [{"step": s, "train_loss": 3.0 - s / 10000} for s in range(10000, 17501, 500)]
+    records += [{"step": s, "val_mse": 2.0 - s / 20000} for s in range(10000, 17501, 2500)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    kept = []
+    monkeypatch.setattr(plots.plt, "close", kept.append)
+    plots.learning_curves({"maml": run}, tmp_path / "lc.png")
+    (fig,) = kept
+    fig.canvas.draw()
+    for ax in fig.axes:
+        xs = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        ys = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+        assert 3 <= len(xs) <= 7 and all(x.endswith("k") for x in xs), xs
+        assert len(ys) >= 3, ys  # 1.5-3 on a log axis showed only "2×10⁰"
+    plt.close(fig)

@@ -436,3 +436,108 @@ def test_runs_scored_on_other_tasks_are_not_paired(cli, tmp_path):
 
 def _no_constant(name: str) -> None:
     raise AssertionError(f"non-standard JSON constant {name} printed")
+
+
+# --- a CLI that says what it is doing (issue 21, §4) -----------------------------------------
+
+STEPS_40 = ["train", "--preset", "sinusoid-5shot-cpu", "--steps", "40", *FAST,
+            "--set", "train.log_every=15"]  # fmt: skip
+
+
+@pytest.fixture
+def shown_run(cli, tmp_path):
+    """A 40-step run trained with progress on (stderr is captured: not a terminal)."""
+    run = tmp_path / "run"
+    result = cli(*STEPS_40, "--out", str(run))
+    assert result.returncode == 0, result.stderr
+    return run, result.stderr
+
+
+def test_the_training_bar_shows_the_latest_loss_and_each_new_best(shown_run):
+    run, err = shown_run
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    bests, best = [], None
+    for r in records:
+        if "val_mse" in r and (best is None or r["val_mse"] < best):
+            best = r["val_mse"]
+            bests.append(f"step {r['step']}: new best val_mse {best:.4f}")
+    assert bests and all(b in err for b in bests), err
+    last = [line for line in err.splitlines() if "100% (40/40)" in line]
+    assert len(last) == 1
+    final_loss = [r["train_loss"] for r in records if r["step"] == 40 and "train_loss" in r][0]
+    assert f"loss {final_loss:.4f}" in last[0] and " best val_mse " in last[0]  # step 40's
+    # validation comes after the step's line: the best shown there is an earlier step's
+    first = [line for line in err.splitlines() if "(2/40)" in line]  # 5%: before any log record
+    assert first and " loss " in first[0], err
+
+
+def test_resuming_a_finished_run_says_so_and_how_to_train_on(shown_run, cli, capsys):
+    run, _ = shown_run
+    result = cli("train", "--out", str(run), "--resume")
+    assert result.returncode == 0
+    assert f"{run} is finished (40 of 40 steps)" in result.stderr
+    assert f"cmlearn train --out {run} --resume --steps 80" in result.stderr
+    from cmlearn.app.runs import read_config
+    from cmlearn.app.train import train
+
+    train(read_config(run), run, resume=True)  # as compare reuses a finished run: no word
+    assert "is finished" not in capsys.readouterr().err
+
+
+def test_eval_shows_progress_over_the_test_tasks_on_stderr(shown_run, cli):
+    run, _ = shown_run
+    result = cli("eval", str(run), "--tasks", "40", "--json")
+    assert result.returncode == 0
+    json.loads(result.stdout)  # stdout stays the result alone
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("eval cml on 40 test tasks: 100% (40/40)"), lines
+    assert len(lines) <= 21  # one line per 5 % when not a terminal
+    quiet = cli("eval", str(run), "--tasks", "40", "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_a_test_run_without_the_real_data_says_what_it_skipped_and_how_to_run_it(tmp_path):
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "CMLEARN_DATA": str(tmp_path / "absent")}
+    argv = ["-q", "-p", "no:cacheprovider", "tests/test_graph_models.py", "-k", "citeseer_preset"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+        env=env,
+    )
+    assert "real-data tests skipped" in result.stdout, result.stdout
+    assert "test_citeseer_preset_trains_and_tests[gmeta]" in result.stdout
+    assert f"CMLEARN_DATA={tmp_path / 'absent'}" in result.stdout
+    assert "to run them:" in result.stdout
+
+
+def test_presets_are_grouped_under_headers_each_listed_once(cli):
+    from cmlearn.app.presets import PRESETS
+
+    out = cli("presets").stdout
+    headers = [line for line in out.splitlines() if line and not line.startswith(" ")]
+    assert headers[0] == "sinusoid regression: sinusoid (6)"
+    assert "few-shot node classification: citeseer (12)" in headers
+    listed = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    assert sorted(listed) == sorted(PRESETS)  # every preset, once
+    assert listed.index("sinusoid-5shot") < listed.index("sinusoid-10shot")  # natural order
+
+
+def test_presets_of_a_table_print_each_paper_number_once(cli):
+    out = cli("presets", "--table", "3").stdout
+    row = next(line for line in out.splitlines() if "citeseer-2w1s-gmeta " in line)
+    assert row.count("55.15") == 1 and row.count("61.17") == 1, row
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    result = subprocess.run(
+        f"{sys.executable} -m cmlearn presets | head -1", shell=True, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert result.stdout.startswith("sinusoid regression") and result.stderr == ""

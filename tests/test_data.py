@@ -253,6 +253,16 @@ def test_damaged_cache_is_a_one_line_error(root: Path, cache: Path) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_overwritten_bytes_in_a_cache_are_caught(root: Path, cache: Path) -> None:
+    from tests.test_faults import _overwrite_inside
+
+    load(root, cache)
+    (path,) = cache_files(cache)
+    _overwrite_inside(path)  # torch.load alone would return the changed images
+    with pytest.raises(CmlearnError, match="fails its CRC-32 check.*delete it"):
+        load(root, cache)
+
+
 def test_cache_of_other_sources_is_refused(root: Path, cache: Path) -> None:
     load(root, cache)
     (path,) = cache_files(cache)
@@ -656,3 +666,48 @@ def test_real_omniglot_packaged_splits_and_sampling(
     batch = ClassificationSource(shipped, 5, 1, 15, 15).sample(8, generator("train", 0, 0))
     assert batch.support_x.shape == (8, 5, 1, 28, 28) and batch.query_x.shape[1] == 75
     assert 0 <= batch.query_x.min() and batch.query_x.max() <= 1
+
+
+# --- the catalog: one table of every dataset a preset reads (issue 21, §4) -----------------
+
+
+def test_the_catalog_lists_every_dataset_read_from_disk_graphs_included():
+    from cmlearn.app.data.catalog import CATALOG
+    from cmlearn.core.tasks import SinusoidFamily  # noqa: F401  (registers the synthetic family)
+
+    synthetic = {"sinusoid"}
+    assert set(CATALOG) == set(DATASETS.entries) - synthetic
+    assert CATALOG["citeseer"].unit == "nodes" and CATALOG["citeseer"].domain == "graphs"
+
+
+def test_data_list_has_headers_and_the_graphs(root: Path, capsys) -> None:
+    assert main(["data", "list", "--data-root", str(root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "graphs" in lines and "images" in lines
+    assert sum(line.split()[:2] == ["dataset", "state"] for line in lines) == 2
+    assert any(line.split()[:2] == ["citeseer", "absent"] for line in lines)
+
+
+def test_a_repacked_archive_with_the_right_contents_warns_and_passes(
+    root: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import dataclasses
+
+    from cmlearn.app.data import catalog
+
+    data = load(root, cache)  # the tiny Omniglot: its zips' MD5s are not the published ones
+    counts = tuple(
+        int(data.pool.counts[data.splits[s].classes].sum()) for s in ("train", "val", "test")
+    )
+    classes = tuple(len(data.splits[s].classes) for s in ("train", "val", "test"))
+    entry = dataclasses.replace(catalog.CATALOG["omniglot"], classes=classes, images=counts)
+    monkeypatch.setitem(catalog.CATALOG, "omniglot", entry)
+    argv = ["data", "check", "omniglot", "--data-root", str(root)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warning: omniglot/images_background.zip has MD5" in err
+    assert "taken as a repacked archive" in err
+    wrong = dataclasses.replace(entry, images=(counts[0] + 1, *counts[1:]))
+    monkeypatch.setitem(catalog.CATALOG, "omniglot", wrong)
+    assert main(argv) == 2  # a count that differs is still an error
+    assert "images, expected" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import torch
 from cmlearn import CmlearnError
 from cmlearn.app import files
 from cmlearn.app.cli import main
-from cmlearn.app.runs import CHECKPOINT, METRICS, MODEL, RunFolder, read_state
+from cmlearn.app.runs import CHECKPOINT, COLEARNER, METRICS, MODEL, RunFolder, read_state
 from cmlearn.app.train import _StopFlag, outer_step, train
 from tests.test_train import _assert_same_run, _records
 
@@ -310,3 +310,250 @@ def test_an_unknown_preset_in_a_config_file_is_refused(half_run, capsys):
     (half_run / "config.json").write_text(json.dumps(data))
     assert main(["eval", str(half_run)]) == 2
     assert "unknown preset 'sinusoid-7shot'" in _one_line(capsys.readouterr().err)
+
+
+# --- every saved file proves it is the one written (issue 21, §1) ----------------------------
+
+
+@pytest.fixture
+def cml_run(tiny_cfg, tmp_path):
+    """A finished 20-step CML run (so it has checkpoint.pt, model.pt and colearner.pt)."""
+    run = tmp_path / "cml"
+    train(tiny_cfg.override(["train.steps=20", "colearner.mode=cml"]), run, progress=False)
+    return run
+
+
+def _overwrite_inside(path: Path, n: int = 8) -> None:
+    """Overwrite ``n`` bytes in the middle of the largest tensor's data in ``path`` (bytes a
+    third of the way into a small file may fall in a record's padding, which loads right)."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack(
+        "<HH", data[info.header_offset + 26 : info.header_offset + 30]
+    )
+    at = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+    data[at : at + n] = bytes((b + 1) % 256 for b in data[at : at + n])
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("name", "command"),
+    [(MODEL, "eval"), (COLEARNER, "eval"), (CHECKPOINT, "resume"), (MODEL, "resume")],
+)
+def test_bytes_overwritten_inside_a_tensor_file_are_refused(cml_run, name, command, capsys):
+    _overwrite_inside(cml_run / name)
+    if command == "eval":
+        argv = ["eval", str(cml_run), "--tasks", "4", "--quiet"]
+    else:
+        argv = ["train", "--out", str(cml_run), "--resume", "--steps", "40", "--quiet"]
+    before = (cml_run / METRICS).read_bytes()
+    assert main(argv) == 2  # resuming checks the best model too: found now, not at eval
+    line = _one_line(capsys.readouterr().err)
+    assert f"corrupt checkpoint file {cml_run / name}" in line and "CRC-32" in line, line
+    assert (cml_run / METRICS).read_bytes() == before  # nothing trained on
+
+
+def test_a_truncated_or_foreign_file_is_not_an_intact_archive(cml_run):
+    data = (cml_run / MODEL).read_bytes()
+    (cml_run / MODEL).write_bytes(data[: len(data) // 2])
+    with pytest.raises(CmlearnError, match="not an intact tensor archive"):
+        read_state(cml_run / MODEL)
+    assert files.damage(cml_run / CHECKPOINT) is None
+
+
+def test_an_edited_config_is_refused_on_resume_and_eval_naming_the_keys(cml_run, capsys):
+    cfg = json.loads((cml_run / "config.json").read_text())
+    cfg["inner"]["lr"] = 0.123
+    cfg["task"]["shots"] = 3
+    (cml_run / "config.json").write_text(json.dumps(cfg))
+    before = (cml_run / CHECKPOINT).read_bytes()
+    for argv in (
+        ["train", "--out", str(cml_run), "--resume", "--steps", "40", "--quiet"],
+        ["eval", str(cml_run), "--tasks", "4", "--quiet"],
+    ):
+        assert main(argv) == 2
+        line = _one_line(capsys.readouterr().err)
+        assert "another configuration" in line and "inner.lr, task.shots" in line, line
+    assert (cml_run / CHECKPOINT).read_bytes() == before
+
+
+def test_steps_and_log_may_change_on_resume(cml_run):
+    assert main(["train", "--out", str(cml_run), "--resume", "--steps", "30", "--quiet"]) == 0
+    assert read_state(cml_run / CHECKPOINT)["state"]["step"] == 30
+    assert main(["eval", str(cml_run), "--tasks", "4", "--quiet"]) == 0
+
+
+def test_a_resume_without_a_checkpoint_is_refused_not_restarted(cml_run, capsys):
+    (cml_run / CHECKPOINT).unlink()
+    before = (cml_run / METRICS).read_bytes()
+    assert main(["train", "--out", str(cml_run), "--resume", "--steps", "35", "--quiet"]) == 2
+    assert "but no checkpoint.pt: refusing to restart" in _one_line(capsys.readouterr().err)
+    assert (cml_run / METRICS).read_bytes() == before
+
+
+def test_a_state_dict_mismatch_names_the_keys():
+    from cmlearn.app.runs import load_error
+    from cmlearn.core.models import MLP
+
+    try:
+        MLP(1, (4,), 1).load_state_dict(MLP(1, (4, 4), 1).state_dict())
+    except RuntimeError as err:
+        text = load_error(err)
+    assert "\n" not in text and "Unexpected key(s)" in text and "body.fc2.weight" in text, text
+
+
+# --- files outside the folder, folders that are not ours (§2) -------------------------------
+
+
+def test_a_symlinked_lock_is_refused_and_its_target_untouched(cml_run, tmp_path, capsys):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (cml_run / ".lock").unlink()
+    (cml_run / ".lock").symlink_to(victim)
+    assert main(["train", "--out", str(cml_run), "--resume", "--quiet"]) == 2
+    assert "symbolic link" in _one_line(capsys.readouterr().err)
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_lock_that_is_not_a_regular_file_is_refused(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    os.mkfifo(run / ".lock")
+    with pytest.raises(CmlearnError, match="not a regular file"):
+        with RunFolder(run).lock():
+            pass
+
+
+def test_the_pid_is_shown_to_a_process_that_comes_in_before_it_is_written(tmp_path):
+    import fcntl
+    import threading
+
+    run = tmp_path / "r"
+    run.mkdir()
+    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)  # held, pid not yet written
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    threading.Timer(0.2, lambda: os.pwrite(fd, b"4242\n", 0)).start()
+    try:
+        with pytest.raises(CmlearnError, match=r"\(pid 4242\)"):
+            with RunFolder(run).lock():
+                pass
+    finally:
+        os.close(fd)
+
+
+def test_a_full_disk_at_start_is_one_line_and_leaves_no_lock(tmp_path, monkeypatch, capsys):
+    def full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    run = tmp_path / "new"
+    assert main(["train", "--preset", "sinusoid-5shot-cpu", "--out", str(run), "--quiet"]) == 2
+    assert "No space left on device" in _one_line(capsys.readouterr().err)
+    assert not run.exists()  # neither the folder nor an empty .lock is left
+
+
+def _train_argv(out: str) -> list[str]:
+    return ["train", "--preset", "sinusoid-5shot-cpu", "--steps", "2", "--quiet", "--out", out]
+
+
+def _compare_argv(out: str) -> list[str]:
+    return ["compare", "--preset", "sinusoid-5shot-cpu", "--methods", "maml", "--steps", "2",
+            "--tasks", "4", "--quiet", "--out", out]  # fmt: skip
+
+
+def test_compare_and_run_folders_refuse_each_other(cml_run, tmp_path, capsys):
+    assert main(_compare_argv(str(cml_run))) == 2
+    assert "is a train run folder" in _one_line(capsys.readouterr().err)
+    assert not (cml_run / "maml-s0").exists() and not (cml_run / "compare.json").exists()
+    cmp = tmp_path / "cmp"
+    assert main(_compare_argv(str(cmp))) == 0
+    capsys.readouterr()
+    assert main(_train_argv(str(cmp))) == 2
+    assert "is a compare folder" in _one_line(capsys.readouterr().err)
+    assert main(_compare_argv(str(cmp))) == 0  # a compare folder is reused by compare
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_a_non_empty_foreign_folder_is_refused(command, tmp_path, capsys):
+    (tmp_path / "thesis.tex").write_text("keep me")
+    argv = _train_argv(str(tmp_path)) if command == "train" else _compare_argv(str(tmp_path))
+    assert main(argv) == 2
+    assert "is not empty and holds no cmlearn" in _one_line(capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
+
+
+def test_a_file_as_out_is_named_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("keep me")
+    for argv in (_train_argv(str(tmp_path / "f")), _compare_argv(str(tmp_path / "f"))):
+        assert main(argv) == 2
+        assert "is a file, not a folder" in _one_line(capsys.readouterr().err)
+    assert (tmp_path / "f").read_text() == "keep me"
+
+
+def test_an_empty_out_is_refused(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for argv in (_train_argv(""), _compare_argv("")):
+        assert main(argv) == 2
+        assert "--out: expected a folder name" in _one_line(capsys.readouterr().err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_folder_killed_before_its_config_was_written_says_how_to_start_it(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / ".lock").write_text("123\n")  # what a kill before config.json leaves
+    assert main(["train", "--out", str(run), "--resume", "--quiet"]) == 2
+    assert "start it again with cmlearn train --preset" in _one_line(capsys.readouterr().err)
+    assert main(_train_argv(str(run))) == 0  # and starting it again works
+
+
+def test_sigterm_while_the_run_loads_saves_a_resumable_folder(tmp_path):
+    run = tmp_path / "r"
+    proc = _spawn(*SLOW_RUN, "--out", str(run))
+    _wait_for(lambda: run.exists())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "terminated (SIGTERM)" in _one_line(err)
+    assert main(["train", "--out", str(run), "--resume", "--steps", "2", "--quiet"]) == 0
+
+
+# --- bounds and spellings (§3) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("task.shots=5.0", "expected an integer"),
+        ("task.shots=1e1", "expected an integer"),
+        ("train.patience=1e-400", "expected an integer"),
+        ("task.context=٣", "expected an integer"),
+        ("train.steps=１２", "expected an integer"),
+        ("inner.first_order=1", "expected true or false"),
+        ("inner.first_order=TRUE", "expected true or false"),
+        ("train.threads=1e20", "expected an integer"),
+        ("train.threads=100000", "train.threads must be in [0, 1024]"),
+    ],
+)
+def test_integers_and_booleans_are_taken_only_as_written(setting, message, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main([*_train_argv(str(run)), "--set", setting]) == 2
+    assert message in _one_line(capsys.readouterr().err)
+    assert not run.exists()  # refused before the folder was made
+
+
+@pytest.mark.parametrize("flag", [["--steps", "１２"], ["--seed", "٣"], ["--steps", "1_0"]])
+def test_integer_flags_take_ascii_digits(flag, tmp_path, capsys):
+    assert main([*_train_argv(str(tmp_path / "r")), *flag]) == 2
+    assert "expected an integer written with the digits 0-9" in _one_line(capsys.readouterr().err)
+
+
+def test_eval_tasks_is_bounded_and_a_file_is_not_a_missing_folder(cml_run, capsys):
+    assert main(["eval", str(cml_run), "--tasks", "100000000"]) == 2
+    assert "--tasks must be in [2, 1000000]" in _one_line(capsys.readouterr().err)
+    assert main(["eval", str(cml_run / METRICS)]) == 2
+    assert "is a file; eval takes a run folder" in _one_line(capsys.readouterr().err)

@@ -19,6 +19,7 @@ import cmlearn.app.train
 from cmlearn.app.build import build_learner, build_source
 from cmlearn.app.cli import main
 from cmlearn.app.config import _flatten, get_preset
+from cmlearn.core.registry import INTEGER
 
 PRESETS = ["sinusoid-5shot-cpu", "sinusoid-10shot", "omniglot-5w1s-cpu", "nope", "", "ü"]
 VALUES = [
@@ -63,10 +64,21 @@ VALUES = [
     "relu1",
     "conv",
     "vinyals",
+    # spellings that were coerced (issue 21): an integer or a boolean is taken only as written
+    "5.0",
+    "1e1",
+    "1e-400",
+    "TRUE",
+    "True",
+    "\u0663",  # Arabic-Indic three
+    "\uff11\uff12",  # full-width 12
+    "1_0",
+    "1e20",
+    "100000",
 ]
 FLAGS = {
-    "--steps": ["1", "2", "0", "-5", "1e3", "x", "9" * 30],
-    "--seed": ["0", "3", "-1", "2.5", "9" * 30],
+    "--steps": ["1", "2", "0", "-5", "1e3", "x", "9" * 30, "\uff11\uff12", "1_0"],
+    "--seed": ["0", "3", "-1", "2.5", "9" * 30, "\u0663"],
     "--algorithm": ["maml", "fomaml", "anil", "boil", "metasgd", "mamlpp", "reptile", ""],
     "--colearner": ["none", "cml", "random", "cl", "CML"],
 }
@@ -93,6 +105,21 @@ def _case(rng: random.Random, keys: list[str]) -> list[str]:
     return argv
 
 
+def _assert_spelled_strictly(argv: list[str], cfg) -> None:
+    """An accepted ``--set`` of an integer setting was ASCII digits, of a boolean ``true`` or
+    ``false`` (nothing coerced: ``5.0``, ``1e1``, ``TRUE``, ``１２`` are refused)."""
+    flat = _flatten(cfg.to_dict())
+    for i, arg in enumerate(argv[:-1]):
+        if arg != "--set":
+            continue
+        key, _, raw = argv[i + 1].partition("=")
+        value = flat.get(key.strip())
+        if isinstance(value, bool):
+            assert raw.strip() in ("true", "false"), argv
+        elif isinstance(value, int):
+            assert INTEGER.fullmatch(raw.strip()), argv
+
+
 class _Hang(Exception):
     pass
 
@@ -105,6 +132,7 @@ def test_fuzzed_command_lines_are_one_line_errors_or_valid_runs(monkeypatch, cap
     accepted: list[tuple[list[str], object]] = []
 
     def build_only(cfg, out, **kwargs):  # what train does before its first step
+        _assert_spelled_strictly(argv, cfg)
         source = build_source(cfg)
         build_learner(cfg, source)
         accepted.append((argv, cfg))

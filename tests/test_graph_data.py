@@ -630,3 +630,17 @@ def test_real_graphs_equal_pyg(real: tuple[Path, Path]) -> None:
         ours = ours[:, ours[0] != ours[1]]  # A: Â's pattern without the added self-loops
         order = torch.argsort(ref.edge_index[0] * graph.n_nodes + ref.edge_index[1])
         assert torch.equal(ours, ref.edge_index[:, order])
+
+
+def test_data_check_citeseer_compares_the_published_size(real, capsys) -> None:
+    """``cmlearn data check`` knows the graphs (issue 21): CiteSeer's 3,327 nodes in its
+    2/2/2 class split, read by the same reader the presets use."""
+    import json
+
+    from cmlearn.app.cli import main
+
+    root, cache = real
+    assert main(["data", "check", "citeseer", "--data-root", str(root), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["nodes"] == 3327 and report["warnings"] == []
+    assert [s["classes"] for s in report["splits"].values()] == [2, 2, 2]

@@ -570,7 +570,7 @@ def cli(capsys, tmp_path, monkeypatch):
 def test_cli_data_list_check_fetch(cli, roots, cifar_archive, tmp_path, monkeypatch):
     code, out, _ = cli("data", "list", "--data-root", str(roots.root))
     assert code == 0 and out.splitlines()[0] == f"data root: {roots.root}"
-    line = next(line for line in out.splitlines() if line.startswith("cub "))
+    line = next(line for line in out.splitlines() if line.startswith("  cub "))
     assert line.split()[1:3] == ["ok", "-"]
     code, out, _ = cli("data", "list", "--json", "--data-root", str(roots.root))
     assert code == 0 and {r["name"] for r in json.loads(out)} == set(catalog.CATALOG)
@@ -584,7 +584,7 @@ def test_cli_data_list_check_fetch(cli, roots, cifar_archive, tmp_path, monkeypa
     assert (
         code == 0
         and "flower val: 15 classes, 45 images" in out
-        and out.endswith("ok (" + str(roots.root / "vgg_flower") + ")\n")
+        and out.endswith("ok, 306 images (" + str(roots.root / "vgg_flower") + ")\n")
     )
 
     archive, md5 = cifar_archive

@@ -31,3 +31,15 @@ def test_three_kills_leave_the_run_identical_to_an_uninterrupted_one(tmp_path):
         f.write("{}\n")
     found = trials.differences(reference, trial)
     assert any(d.startswith("checkpoint.pt:") for d in found) and "metrics.jsonl" in found
+
+
+def test_hostile_probes_are_each_refused_in_one_line(tmp_path):
+    """Every probe of ``--probes`` holds on a finished run (the score-cache probe is issue
+    21's item 1, fixed in ``cmlearn.app.evaluate``'s cache)."""
+    trials = _script()
+    run = tmp_path / "run"
+    proc = trials._cmlearn(*trials._args(20), "--out", str(run))
+    trials._finish(proc)
+    found = trials.probes(run, tmp_path)
+    assert len(found) >= 15 and "bytes changed in colearner.pt" in found
+    assert {k: v for k, v in found.items() if v is not None} == {}

@@ -103,7 +103,7 @@ def test_progress_off_a_terminal_is_a_few_plain_lines(tiny_cfg, tmp_path, capsys
     train(dataclasses.replace(tiny_cfg), tmp_path / "r", progress=True)
     err = capsys.readouterr().err
     assert "\r" not in err
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if "new best" not in line]
     assert 2 <= len(lines) <= 21 and "100% (40/40)" in lines[-1]
 
 

@@ -100,10 +100,21 @@ def test_gradient_analysis_is_logged_on_request(cml_cfg, tmp_path):
     assert layer["meta_norm"] > 0 and layer["co_norm"] > 0 and -1 <= layer["cosine"] <= 1
 
 
-def test_a_fresh_run_overwrites_a_stale_log_and_resume_drops_duplicates(cml_cfg, tmp_path):
+def test_a_log_without_a_checkpoint_is_never_overwritten(cml_cfg, tmp_path):
     run = tmp_path / "a"
     run.mkdir()
-    (run / "metrics.jsonl").write_text('{"step": 2, "train_loss": 9}\n')  # died before a checkpoint
+    (run / "metrics.jsonl").write_text('{"step": 2, "train_loss": 9}\n')
+    with pytest.raises(CmlearnError, match="holds no cmlearn run"):
+        train(cml_cfg, run, progress=False)
+    (run / "config.json").write_text(json.dumps(cml_cfg.to_dict()))  # checkpoint.pt deleted
+    for resume in (False, True):
+        with pytest.raises(CmlearnError, match="but no checkpoint.pt: refusing to restart"):
+            train(cml_cfg, run, resume=resume, progress=False)
+    assert (run / "metrics.jsonl").read_text() == '{"step": 2, "train_loss": 9}\n'
+
+
+def test_resume_drops_a_torn_analysis_record(cml_cfg, tmp_path):
+    run = tmp_path / "a"
     cfg = cml_cfg.override(["train.analysis_every=10"])
     with pytest.raises(Interrupted):
         train(cfg, run, progress=False, should_stop=lambda step: step == 20)

@@ -26,6 +26,25 @@ class _Parser(argparse.ArgumentParser):
         raise CmlearnError(message)
 
 
+def _integer(text: str) -> int:
+    """An integer flag as written: ASCII digits (Python's ``int`` also takes ``１２``, ``٣``
+    and ``1_000``)."""
+    from cmlearn.core.registry import INTEGER
+
+    if not INTEGER.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(
+            f"expected an integer written with the digits 0-9, got {text!r}"
+        )
+    return int(text)
+
+
+def _folder(text: str) -> Path:
+    """An output folder; an empty name would be the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder name, got an empty one")
+    return Path(text)
+
+
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", type=Path, help="folder holding the datasets (or CMLEARN_DATA)")
     p.add_argument("--device", default="auto", help="cpu | cuda | auto (default: auto)")
@@ -53,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="train MAML and CML on the sinusoid CPU preset, compare")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--steps", type=int)
+    demo.add_argument("--out", type=_folder, default=Path("runs/demo"))
+    demo.add_argument("--steps", type=_integer)
     demo.add_argument("--quiet", action="store_true")
     _runtime_args(demo)
 
@@ -62,22 +81,25 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset")
     tr.add_argument("--algorithm", choices=list(ALGORITHMS))
     tr.add_argument("--colearner", choices=list(CO_MODES))
-    tr.add_argument("--steps", type=int)
-    tr.add_argument("--seed", type=int)
-    tr.add_argument("--out", type=Path)
+    tr.add_argument("--steps", type=_integer)
+    tr.add_argument("--seed", type=_integer)
+    tr.add_argument("--out", type=_folder)
     tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     tr.add_argument("--resume", action="store_true", help="continue the run in --out")
     tr.add_argument("--log", choices=["jsonl", "tensorboard"], help="also TensorBoard events")
-    tr.add_argument("--nproc", type=int, help="train as N processes on this machine (torchrun)")
+    tr.add_argument(
+        "--nproc", type=_integer, help="train as N processes on this machine (torchrun)"
+    )
     tr.add_argument("--quiet", action="store_true")
     _runtime_args(tr)
 
     ev = sub.add_parser("eval", help="evaluate a run on its seeded test tasks")
     ev.add_argument("run", type=Path)
     ev.add_argument("--mode", choices=list(EVAL_MODES), default="cml")
-    ev.add_argument("--tasks", type=int)
-    ev.add_argument("--steps", type=int, help="inner steps at test time")
+    ev.add_argument("--tasks", type=_integer)
+    ev.add_argument("--steps", type=_integer, help="inner steps at test time")
     ev.add_argument("--json", action="store_true")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
     _runtime_args(ev)
 
     cp = sub.add_parser("compare", help="train and compare methods on the same test tasks")
@@ -93,10 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     cp.add_argument("--methods", required=True, help="e.g. maml,cml,anil,anil+cml")
     cp.add_argument("--seeds", help="e.g. 0,1,2 (default: 0; with --from, every common seed)")
-    cp.add_argument("--steps", type=int)
-    cp.add_argument("--tasks", type=int)
+    cp.add_argument("--steps", type=_integer)
+    cp.add_argument("--tasks", type=_integer)
     cp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    cp.add_argument("--out", type=Path)
+    cp.add_argument("--out", type=_folder)
     cp.add_argument(
         "--dagger",
         choices=("code", "paper", "none"),
@@ -110,17 +132,17 @@ def _parser() -> argparse.ArgumentParser:
 
     an = sub.add_parser("analyze", help="the paper's Fig. 3 analyses of runs (PNGs + JSON)")
     an.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run or compare folders")
-    an.add_argument("--out", type=Path, help="output folder (default: FIRST_RUN/analysis)")
-    an.add_argument("--tasks", type=int, help="test tasks for CKA (default: 100)")
+    an.add_argument("--out", type=_folder, help="output folder (default: FIRST_RUN/analysis)")
+    an.add_argument("--tasks", type=_integer, help="test tasks for CKA (default: 100)")
     _runtime_args(an)
 
     pr = sub.add_parser("presets", help="list the presets")
     pr.add_argument("--json", action="store_true", help="each preset's resolved configuration")
-    pr.add_argument("--table", type=int, help="only the presets of this paper table (e.g. 3)")
+    pr.add_argument("--table", type=_integer, help="only the presets of this paper table (e.g. 3)")
     bench = sub.add_parser("bench", help="speed and memory benchmarks (ratios to a reference)")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--quick", action="store_true")
-    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--repeats", type=_integer, default=5)
     bench.add_argument("--threads", default="1,2", help="thread counts to compare, e.g. 1,2")
     _data_parser(sub)
     return p
@@ -212,7 +234,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
         if args.nproc > 1:
             return launch(args.nproc, args.argv)
-    summary = train(cfg, out, resume=args.resume, progress=not args.quiet, runtime=runtime)
+    summary = train(
+        cfg, out, resume=args.resume, progress=not args.quiet, runtime=runtime, explain=True
+    )
     if _rank() == 0:
         print(_json(summary))
     return 0
@@ -220,26 +244,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from cmlearn.app.build import build_source
+    from cmlearn.app.config import MAX_EVAL_TASKS
     from cmlearn.app.evaluate import EvalSpec, fixed_tasks, run_scores, summarize
+    from cmlearn.app.progress import counting
     from cmlearn.app.runs import load_run, read_config
 
     _positive("--tasks", args.tasks)
     _positive("--steps", args.steps)
-    if not args.run.is_dir():
+    if not args.run.exists():
         raise CmlearnError(f"run folder {args.run} does not exist")
+    if not args.run.is_dir():
+        raise CmlearnError(f"{args.run} is a file; eval takes a run folder")
+    if args.tasks is not None and not 2 <= args.tasks <= MAX_EVAL_TASKS:
+        raise CmlearnError(
+            f"--tasks must be in [2, {MAX_EVAL_TASKS}] (at least 2 for a confidence interval)"
+        )
     runtime = _runtime(args)
     source = build_source(read_config(args.run), runtime)  # once: load_run reuses it
     cfg, learner = load_run(args.run, runtime=runtime, source=source)
     n = args.tasks or cfg.eval.tasks
-    if n < 2:
-        raise CmlearnError("--tasks must be at least 2 for a confidence interval")
     if args.mode != "cml" and learner.net.colearner is None:
         raise CmlearnError(f"--mode {args.mode} needs a run trained with a co-learner")
     tasks = fixed_tasks(source, n, cfg.eval.seed, "test")
     spec = EvalSpec.of(cfg, source.metric, args.mode, args.steps or 0)
     steps = spec.steps
-    # the best checkpoint, or the top-k ensemble (eval.ensemble)
-    values = run_scores(args.run, cfg, learner, tasks, spec)
+    with counting(n, f"eval {args.mode} on {n} test tasks", not args.quiet):
+        # the best checkpoint, or the top-k ensemble (eval.ensemble)
+        values = run_scores(args.run, cfg, learner, tasks, spec)
     result = {
         "run": str(args.run),
         "mode": args.mode,
@@ -387,6 +418,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(f"{run['label']}: CKA before/after adaptation: {text}")
     names = [out / name for name in report["figures"].values()]
     print("analysis: " + ", ".join(str(p) for p in [out / "analysis.json", *names]))
+    for name, why in report["skipped_figures"].items():
+        print(f"not drawn: {name} ({why})")
     return 0
 
 
@@ -400,8 +433,17 @@ def cmd_presets(args: argparse.Namespace) -> int:
         print(_json({name: get_preset(name).to_dict() for name, _ in listed}))
         return 0
     width = max(len(name) for name, _ in listed) + 2
-    for name, text in listed:
-        print(f"{name:<{width}}{text}")
+    if args.table is not None:
+        print(f"Table {args.table}: the paper's numbers  ·  the preset")
+        for name, text in listed:
+            print(f"  {name:<{width}}{text}")
+        return 0
+    from cmlearn.app.presets import grouped
+
+    for i, (header, rows) in enumerate(grouped()):
+        print(("\n" if i else "") + header)
+        for name, text in rows:
+            print(f"  {name:<{width}}{text}")
     return 0
 
 
@@ -434,10 +476,15 @@ def cmd_data(args: argparse.Namespace) -> int:
             print(_json(rows))
             return 0
         print(f"data root: {root}")
-        for row in rows:
-            state = "ok" if row["valid"] else "incomplete" if row["present"] else "absent"
-            cached = "cached" if row["cached"] else "-"
-            print(f"{row['name']:<16}{state:<12}{cached:<8}{row['download']:<11}{row['where']}")
+        width = max(len(row["name"]) for row in rows) + 4
+        line = "{:<" + str(width) + "}{:<12}{:<8}{:<11}{}"
+        for domain in dict.fromkeys(row["domain"] for row in rows):
+            print(f"\n{domain}")
+            print(line.format("  dataset", "state", "cache", "download", "folder"))
+            for row in (r for r in rows if r["domain"] == domain):
+                state = "ok" if row["valid"] else "incomplete" if row["present"] else "absent"
+                cached = "cached" if row["cached"] else "-"
+                print(line.format(f"  {row['name']}", state, cached, row["download"], row["where"]))
         for row in rows:
             if row["present"] and not row["valid"]:
                 print(f"  {row['name']}: {row['problem']}")
@@ -450,10 +497,14 @@ def cmd_data(args: argparse.Namespace) -> int:
             print(_json(report))
             return 0
         for f in report["files"]:
-            print(f"{f['path']}: md5 {f['md5']} ok, sha256 {f['sha256']}")
+            verdict = "ok" if f["ok"] else "differs"
+            print(f"{f['path']}: md5 {f['md5']} {verdict}, sha256 {f['sha256']}")
+        unit = "nodes" if "nodes" in report else "images"
         for split, counts in report["splits"].items():
-            print(f"{args.name} {split}: {counts['classes']} classes, {counts['images']} images")
-        print(f"{args.name}: ok ({report['where']})")
+            print(f"{args.name} {split}: {counts['classes']} classes, {counts[unit]} {unit}")
+        for warning in report["warnings"]:
+            print(f"cmlearn: warning: {warning}", file=sys.stderr)
+        print(f"{args.name}: ok, {report[unit]} {unit} ({report['where']})")
         return 0
     for row in catalog.fetch_dataset(args.name, root, args.url, progress=not args.quiet):
         print(f"{row['file']}: {row['status']} -> {row['path']}")
@@ -524,6 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{who}: aborted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cmlearn presets | head`: the reader left; nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141
 
 
 if __name__ == "__main__":

@@ -13,7 +13,14 @@ import numpy as np
 from cmlearn.app.build import build_source
 from cmlearn.app.config import Config, _flatten
 from cmlearn.app.evaluate import EvalSpec, fixed_tasks, paired, run_scores, summarize, tasks_digest
-from cmlearn.app.runs import CHECKPOINT, CONFIG, RunFolder, load_run, read_config
+from cmlearn.app.runs import (
+    CHECKPOINT,
+    CONFIG,
+    RunFolder,
+    claim_compare,
+    load_run,
+    read_config,
+)
 from cmlearn.app.runtime import Runtime
 from cmlearn.app.stats import compare_pair
 from cmlearn.app.train import train
@@ -96,6 +103,7 @@ def compare(
     hierarchical bootstrap; ``cmlearn.app.stats``).
     """
     parsed = _methods(methods, [base.algorithm] * len(methods), seeds, dagger)
+    claim_compare(out)  # a compare folder, never a train run's or a foreign one
     runtime = runtime or Runtime()
     source = build_source(base, runtime)
     runs: dict[tuple[str, int], tuple[Path, Config]] = {}

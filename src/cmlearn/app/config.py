@@ -27,6 +27,8 @@ from cmlearn.core.errors import CmlearnError
 from cmlearn.core.registry import COLEARNERS, DATASETS, MODELS, Registry, check, coerce
 
 MAX_STEPS = 10**9  # anything larger is a typo, not a run
+MAX_THREADS = 1024  # torch allocates per thread: 100000 threads is a MemoryError, not a run
+MAX_EVAL_TASKS = 1_000_000
 LR_SCHEDULES = ("constant", "cosine")
 
 
@@ -138,7 +140,10 @@ class TrainConfig:
         check(self.log_every > 0, "train.log_every must be positive")
         check(self.analysis_every >= 0, "train.analysis_every must not be negative (0 = off)")
         check(self.strategy in STRATEGIES, f"train.strategy must be one of {STRATEGIES}")
-        check(self.threads >= 0, "train.threads must not be negative (0 = torch's default)")
+        check(
+            0 <= self.threads <= MAX_THREADS,
+            f"train.threads must be in [0, {MAX_THREADS}] (0 = torch's default)",
+        )
         check(self.seed >= 0, f"train.seed must not be negative (got {self.seed})")
         check(self.log in SINKS, f"train.log must be one of {', '.join(SINKS)}")
         check(0 < self.epoch_steps <= MAX_STEPS, f"train.epoch_steps must be in [1, {MAX_STEPS}]")
@@ -167,7 +172,7 @@ class EvalConfig:
     ensemble: int = 0  # >0: test = mean logits of the k best validation checkpoints (MAML++)
 
     def __post_init__(self) -> None:
-        check(2 <= self.tasks <= 1_000_000, "eval.tasks must be in [2, 1000000]")
+        check(2 <= self.tasks <= MAX_EVAL_TASKS, f"eval.tasks must be in [2, {MAX_EVAL_TASKS}]")
         check(self.protocol in PROTOCOLS, f"eval.protocol must be one of {', '.join(PROTOCOLS)}")
         check(self.batch >= 0, "eval.batch must not be negative (0 = 500)")
         check(self.steps >= 0, "eval.steps must not be negative (0 = inner.steps)")
@@ -284,7 +289,9 @@ def _parse(raw: str) -> Any:
         return raw
 
 
-def _set(obj: Any, dotted: str, value: Any) -> Any:
+def _set(obj: Any, dotted: str, value: Any, prefix: str = "") -> Any:
+    """``obj`` with the field at ``dotted`` set to ``value`` (``prefix``: the sections above
+    ``obj``, so an error names the whole key)."""
     head, _, rest = dotted.partition(".")
     if isinstance(obj, Choice):
         return _set_choice(obj, head, rest, value, dotted)
@@ -296,14 +303,14 @@ def _set(obj: Any, dotted: str, value: Any) -> Any:
     if rest:
         if not dataclasses.is_dataclass(current):
             raise CmlearnError(f"config key {head!r} has no field {rest!r}")
-        new = _set(current, rest, value)
+        new = _set(current, rest, value, f"{prefix}{head}.")
     else:
         if isinstance(current, Choice) and isinstance(value, dict):
             new = type(current)(value.get("name", current.name), value.get("options"))
         elif dataclasses.is_dataclass(current):
             raise CmlearnError(f"config key {head!r} is a section; set one of its fields")
         else:
-            new = coerce(value, current, dotted)
+            new = coerce(value, current, prefix + dotted)
     try:
         return dataclasses.replace(obj, **{head: new})
     except ValueError as err:

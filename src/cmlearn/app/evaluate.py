@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from cmlearn.app.files import atomic_write
+from cmlearn.app.progress import advance
 from cmlearn.app.runs import inference_state, learner_device, read_state
 from cmlearn.app.stats import finite, paired, summarize  # noqa: F401  (public here too)
 from cmlearn.core.engine import Learner, task_accuracy, task_losses
@@ -136,7 +137,11 @@ def _per_task(
     was_training = learner.net.training
     learner.net.eval()
     try:
-        out = [score(b).detach().cpu() for chunk in chunks for b in batches([chunk], batch_size)]
+        out = []
+        for chunk in chunks:
+            for b in batches([chunk], batch_size):
+                out.append(score(b).detach().cpu())
+                advance(b.n_tasks)  # cmlearn eval's progress bar, if one is open
     finally:
         learner.net.train(was_training)
     return torch.cat(out).double().numpy()

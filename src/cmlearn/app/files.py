@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,6 +95,27 @@ def atomic_save(obj: object, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+
+
+def damage(path: Path) -> str | None:
+    """Why the tensor file ``path`` is damaged, or None when every record checks.
+
+    ``torch.save`` writes a zip archive whose records carry CRC-32s that ``torch.load`` never
+    checks: overwritten bytes inside a tensor load as wrong numbers. Reading every record
+    through ``zipfile`` checks each CRC (and the archive's structure), so a file changed after
+    cmlearn wrote it is caught before it is loaded. A file truncated or overwritten so that it
+    is no archive at all is caught too; what the CRCs cannot catch is a file rewritten whole
+    with valid CRCs (by another program that writes tensor files)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as err:
+        return f"not an intact tensor archive ({str(err).rstrip('.') or type(err).__name__})"
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+    if bad is not None:
+        return f"record {bad} fails its CRC-32 check (the file was changed after it was written)"
+    return None
 
 
 def atomic_text(text: str, path: Path) -> None:

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from cmlearn.app.analysis.figures import readable_axes  # noqa: E402
 from cmlearn.core.engine import Learner  # noqa: E402
 from cmlearn.core.tasks import SinusoidFamily, TaskBatch  # noqa: E402
 
@@ -71,6 +72,7 @@ def learning_curves(runs: dict[str, Path], path: Path) -> Path:
     for ax in (ax_train, ax_val):
         ax.set_xlabel("meta-iteration")
         ax.set_yscale("log")
+        readable_axes(ax, log_y=True)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -42,7 +42,16 @@ from cmlearn.app.evaluate import (
 from cmlearn.app.files import atomic_save, writing
 from cmlearn.app.logs import open_sink
 from cmlearn.app.progress import Progress
-from cmlearn.app.runs import CONFIG, METRICS, RunFolder, RunState
+from cmlearn.app.runs import (
+    CHECKPOINT,
+    COLEARNER,
+    CONFIG,
+    METRICS,
+    MODEL,
+    RunFolder,
+    RunState,
+    stopped_before_config,
+)
 from cmlearn.app.runtime import Runtime
 from cmlearn.core.algorithms.rule import SAM_EPS, Stage
 from cmlearn.core.engine import Learner
@@ -268,8 +277,11 @@ def train(
     should_stop: Callable[[int], bool] | None = None,
     runtime: Runtime | None = None,
     step_fn: Callable[..., StepResult] = outer_step,
+    explain: bool = False,
 ) -> dict:
-    """Meta-train ``cfg`` into run folder ``out``; returns a summary dict.
+    """Meta-train ``cfg`` into run folder ``out``; returns a summary dict. ``explain``: a
+    resumed run with nothing left to train says so on stderr, and how to train on (the
+    ``cmlearn train`` command; ``compare`` reuses finished runs without a word).
 
     ``should_stop(step)`` is polled after every step (Ctrl-C sets the same flag); a stop
     saves the checkpoint and raises ``Interrupted``. A non-finite loss stops the run with a
@@ -279,31 +291,50 @@ def train(
     every meta-batch (``cmlearn.app.distributed``), rank 0 alone locks and writes the folder,
     validates and shows progress, and all ranks stop after the same step (``should_stop`` is
     then asked during the step's all-reduce, about the step count the step will reach).
+
+    Ctrl-C and SIGTERM are caught from before the folder is created: one arriving while the
+    run loads its data stops it once its first checkpoint is written (a saved, resumable
+    folder), never half-way through writing it.
     """
     folder = RunFolder(out)
     runtime = runtime or Runtime()
-    with join(runtime.device) as dist, folder.lock() if dist.main else nullcontext():
-        runtime = dist.runtime(runtime)
-        return _train(cfg, folder, resume, progress, should_stop, runtime, step_fn, dist)
+    with _StopFlag() as stop, join(runtime.device) as dist:
+        if dist.main:
+            folder.claim(resume)
+        with folder.lock() if dist.main else nullcontext():
+            runtime = dist.runtime(runtime)
+            run = _open(cfg, folder, resume, runtime, dist)
+            if explain and dist.main and run.resume:
+                _say_if_finished(run)
+            return _loop(run, progress, should_stop, step_fn, stop)
 
 
-def _train(
-    cfg: Config,
-    folder: RunFolder,
-    resume: bool,
-    progress: bool,
-    should_stop: Callable[[int], bool] | None,
-    runtime: Runtime,
-    step_fn: Callable[..., StepResult],
-    dist: Distributed,
-) -> dict:
+@dataclass
+class _Run:
+    """An opened run: what the loop's pieces share."""
+
+    cfg: Config
+    folder: RunFolder
+    resume: bool
+    dist: Distributed
+    source: object
+    learner: Learner
+    optimizer: torch.optim.Optimizer
+    state: RunState
+
+    @property
+    def out(self) -> Path:
+        return self.folder.path
+
+
+def _open(
+    cfg: Config, folder: RunFolder, resume: bool, runtime: Runtime, dist: Distributed
+) -> _Run:
+    """Check the folder against ``resume``, write the configuration, build the learner and
+    restore the checkpoint (or write the first one, at step 0)."""
     out = folder.path
-    if dist.main and folder.has_checkpoint() and not resume:
-        raise CmlearnError(f"{out} already holds a run; pass --resume or choose another --out")
-    if dist.main and resume and not folder.has_checkpoint():
-        if not (out / CONFIG).exists():
-            raise CmlearnError(f"no checkpoint to resume in {out}")
-        resume = False  # stopped before its first step: start the saved configuration
+    if dist.main:
+        resume = _check_folder(folder, resume)
     if dist.main and not resume:  # first, so a run stopped while it loads data can still be resumed
         folder.write_config(cfg)
     resume = dist.agree(resume)  # the other ranks follow rank 0's reading of the folder
@@ -314,12 +345,12 @@ def _train(
     optimizer = make_optimizer(learner, cfg)
     state = RunState()
     if resume:
-        state = folder.load_checkpoint(learner, optimizer)
+        _check_resume(folder.read_config(), cfg)  # its reasons first, then any other change
+        state = folder.load_checkpoint(learner, optimizer, cfg)
         if cfg.train.steps < state.step:
             raise CmlearnError(
                 f"{out} is already at step {state.step}; --steps must be at least that"
             )
-        _check_resume(folder.read_config(), cfg)
         note = folder.truncate_metrics(state) if dist.main else None
         if note:
             print(f"cmlearn: {note}", file=sys.stderr)
@@ -331,38 +362,61 @@ def _train(
         torch.manual_seed(task_seed("dropout", cfg.train.seed))
         if dist.main:
             folder.save_checkpoint(learner, optimizer, state, cfg)
+    return _Run(cfg, folder, resume, dist, source, learner, optimizer, state)
+
+
+def _check_folder(folder: RunFolder, resume: bool) -> bool:
+    """Whether the run resumes: a checkpoint is refused without ``--resume``; ``--resume``
+    without a checkpoint starts the saved configuration only in a folder stopped before its
+    first checkpoint (a ``config.json`` and nothing written after it)."""
+    out = folder.path
+    if folder.has_checkpoint():
+        if not resume:
+            raise CmlearnError(f"{out} already holds a run; pass --resume or choose another --out")
+        return True
+    later = [name for name in (METRICS, MODEL, COLEARNER) if (out / name).exists()]
+    if later:  # written only after the first checkpoint: the checkpoint was removed
+        raise CmlearnError(
+            f"{out} holds {', '.join(later)} but no {CHECKPOINT}: refusing to restart it "
+            f"from step 0 over them (restore {CHECKPOINT}, or train into another --out)"
+        )
+    if resume and not (out / CONFIG).exists():
+        raise CmlearnError(stopped_before_config(out))
+    return False  # stopped before its first step: start the saved configuration
+
+
+def _loop(
+    run: _Run,
+    progress: bool,
+    should_stop: Callable[[int], bool] | None,
+    step_fn: Callable[..., StepResult],
+    stop: _StopFlag,
+) -> dict:
+    """Train ``run`` from its step to ``train.steps``: step, log, validate, checkpoint."""
+    cfg, dist, state, learner, out = run.cfg, run.dist, run.state, run.learner, run.out
     if progress and dist.main:  # the CML paper's Table 4 columns, once the run has loaded
         print(f"cmlearn: {out}: {describe_counts(parameter_counts(learner.net))}", file=sys.stderr)
     dist.check_start(learner, state.step)
     if dist.active and cfg.train.patience:
         raise CmlearnError("train.patience (early stopping) runs in one process; drop --nproc")
-    top = None
-    if dist.main and cfg.eval.ensemble:
-        top = TopCheckpoints(out, cfg.eval.ensemble, lower_is_better(source.metric), state.step)
-
-    tlp = cfg.eval.protocol == "tlp"
-    val = None if tlp else fixed_tasks(source, cfg.train.val_tasks, cfg.eval.seed, "val", keep=True)
-    better = (lambda a, b: a < b) if lower_is_better(source.metric) else (lambda a, b: a > b)
+    validation = _Validation(run) if dist.main else None
     total = cfg.train.steps
-    stop = _StopFlag()
 
     def asked(step: int) -> bool:  # Ctrl-C, SIGTERM or the caller's should_stop
         return stop.requested or (should_stop is not None and should_stop(step))
 
     dist.vote = lambda: asked(state.step + 1)  # asked during the step's all-reduce
-    # only what is set, so a step_fn written for plain outer_step (*args) still runs
-    options: dict = {"dist": dist} if dist.active else {}
-    options |= {
-        k: getattr(cfg.train, k) for k in ("sam_rho", "grad_clamp") if getattr(cfg.train, k)
-    }
-    metrics = folder.path / METRICS if dist.main else Path(os.devnull)  # rank 0 logs
+    options = _step_options(run)
+    metrics = out / METRICS if dist.main else Path(os.devnull)  # rank 0 logs
     progress = progress and dist.main
     bar = Progress(total, state.step, f"{cfg.algorithm}+{cfg.colearner.mode}", progress)
+    if validation is not None:
+        validation.bar = bar
     started = time.perf_counter()
     clock = _Clock()
-    sink = open_sink(cfg.train.log, out, state.step if resume else None) if dist.main else None
+    sink = open_sink(cfg.train.log, out, state.step if run.resume else None) if dist.main else None
     try:
-        with stop, open(metrics, "a" if resume else "w") as log:
+        with open(metrics, "a" if run.resume else "w") as log:
 
             def emit(record: dict) -> None:
                 log.write(json.dumps(record) + "\n")
@@ -371,78 +425,17 @@ def _train(
                 if sink is not None:
                     sink.write(record)
 
+            if not dist.active and stop.requested:  # a signal while the run loaded
+                _save_and_stop(run, clock, stop)
             while state.step < total and not _patience_spent(cfg, state):
-                step = state.step
-                batch = source.sample(cfg.task.meta_batch, generator("train", cfg.train.seed, step))
-                analyse = bool(cfg.train.analysis_every) and step % cfg.train.analysis_every == 0
-                if cfg.train.lr_schedule != "constant":
-                    set_lr(optimizer, cfg, step)
-                try:
-                    result = step_fn(
-                        learner,
-                        optimizer,
-                        batch,
-                        Stage.at(step, total, cfg.train.epoch_steps),
-                        cfg.train.task_chunk,
-                        analyse,
-                        **options,
-                    )
-                except FloatingPointError as err:
-                    kept = _kept(state, out) if dist.main else "(rank 0 says what is kept)"
-                    raise CmlearnError(
-                        f"loss became {err.args[0]} at step {step}; stopped. {kept}"
-                    ) from None
-                if result.analysis is not None:
-                    emit({"step": step, "gradients": result.analysis})
-                state.step += 1
-                state.window[0] += result.meta
-                state.window[1] += result.co or 0.0
-                state.window[2] += 1
-                bar.update(1)
-                if state.step % cfg.train.log_every == 0 or state.step == total:
-                    n = state.window[2]
-                    record = {"step": state.step, "train_loss": state.window[0] / n}
-                    if learner.co.active:
-                        record["train_co_loss"] = state.window[1] / n
-                    if cfg.train.lr_schedule != "constant":
-                        record["meta_lr"] = optimizer.param_groups[0]["lr"]
-                    emit(record)
-                    bar.set_loss(record["train_loss"])
-                    state.window = [0.0, 0.0, 0]
-                if dist.main and (state.step % cfg.train.val_every == 0 or state.step == total):
-                    tasks = val if not tlp else tlp_tasks(source, cfg, "val", state.step)
-                    value = float(scores(learner, tasks, EvalSpec.of(cfg, source.metric)).mean())
-                    if not math.isfinite(value):
-                        raise CmlearnError(
-                            f"validation {source.metric} became {value} at step {state.step}; "
-                            f"stopped. {_kept(state, out)}"
-                        )
-                    record = {"step": state.step, f"val_{source.metric}": value}
-                    learned = {
-                        k: v.mean().item() for k, v in learner.step_sizes.items() if v.requires_grad
-                    }
-                    emit(record | ({"step_sizes": learned} if learned else {}))
-                    if state.best_step < 0 or better(value, state.best):
-                        state.best, state.best_step, state.stale = value, state.step, 0
-                        folder.save_best(learner, cfg, state.step)
-                        if tlp:  # TLP tests at every new best; the last test is the score
-                            folder.save_tlp_test(tlp_test(learner, source, cfg, state.step))
-                    else:
-                        state.stale += 1
-                    if top is not None:
-                        top.offer(learner, cfg, state.step, value, source.metric)
+                _record(run, _step(run, step_fn, options), emit, bar)
+                if validation is not None and validation.due(state.step):
+                    validation.validate(emit)
                     clock.tick(state)
-                    folder.save_checkpoint(learner, optimizer, state, cfg)
-                    if top is not None:  # after the checkpoint: see TopCheckpoints
-                        top.prune()
+                    run.folder.save_checkpoint(learner, run.optimizer, state, cfg)
+                    validation.after_checkpoint()
                 if dist.stopping if dist.active else asked(state.step):
-                    if dist.main:
-                        clock.tick(state)
-                        folder.save_checkpoint(learner, optimizer, state, cfg)
-                    raise Interrupted(
-                        f"{stop.reason or 'interrupted'} at step {state.step}; saved; resume "
-                        f"with: cmlearn train --out {out} --resume"
-                    )
+                    _save_and_stop(run, clock, stop)
     finally:
         bar.close()
         if sink is not None:
@@ -452,9 +445,159 @@ def _train(
         "steps": state.step,
         "stopped_early": _patience_spent(cfg, state),
         "best_step": state.best_step,
-        f"best_val_{source.metric}": state.best if not math.isnan(state.best) else None,
+        f"best_val_{run.source.metric}": state.best if not math.isnan(state.best) else None,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _step_options(run: _Run) -> dict:
+    """The keyword arguments of ``step_fn``: only what is set, so a step_fn written for plain
+    ``outer_step`` (positional arguments) still runs."""
+    options: dict = {"dist": run.dist} if run.dist.active else {}
+    train = run.cfg.train
+    return options | {k: getattr(train, k) for k in ("sam_rho", "grad_clamp") if getattr(train, k)}
+
+
+def _record(run: _Run, result: StepResult, emit: Callable[[dict], None], bar: Progress) -> None:
+    """Count the step that gave ``result``: its gradient analysis, its losses in the log
+    window, a log record every ``train.log_every`` steps (and at the last), the bar."""
+    state, cfg = run.state, run.cfg
+    if result.analysis is not None:
+        emit({"step": state.step, "gradients": result.analysis})
+    state.step += 1
+    state.window[0] += result.meta
+    state.window[1] += result.co or 0.0
+    state.window[2] += 1
+    bar.set_loss(state.window[0] / state.window[2])  # the latest: this window's mean
+    if state.step % cfg.train.log_every == 0 or state.step == cfg.train.steps:
+        emit(_log_record(run))
+        state.window = [0.0, 0.0, 0]
+    bar.update(1)
+
+
+def _say_if_finished(run: _Run) -> None:
+    """A resumed run with nothing left to train says so, and how to train on."""
+    cfg, state, out = run.cfg, run.state, run.out
+    if _patience_spent(cfg, state):
+        print(
+            f"cmlearn: {out} stopped early at step {state.step} (train.patience="
+            f"{cfg.train.patience} validations without improvement); it stays stopped",
+            file=sys.stderr,
+        )
+    elif state.step >= cfg.train.steps:
+        print(
+            f"cmlearn: {out} is finished ({state.step} of {cfg.train.steps} steps); to train "
+            f"on, resume with more steps: cmlearn train --out {out} --resume --steps "
+            f"{2 * max(state.step, 1)}",
+            file=sys.stderr,
+        )
+
+
+def _step(run: _Run, step_fn: Callable[..., StepResult], options: dict) -> StepResult:
+    """One meta-update on meta-batch ``state.step`` (its own stream: resumes exactly)."""
+    cfg, step = run.cfg, run.state.step
+    batch = run.source.sample(cfg.task.meta_batch, generator("train", cfg.train.seed, step))
+    analyse = bool(cfg.train.analysis_every) and step % cfg.train.analysis_every == 0
+    if cfg.train.lr_schedule != "constant":
+        set_lr(run.optimizer, cfg, step)
+    try:
+        return step_fn(
+            run.learner,
+            run.optimizer,
+            batch,
+            Stage.at(step, cfg.train.steps, cfg.train.epoch_steps),
+            cfg.train.task_chunk,
+            analyse,
+            **options,
+        )
+    except FloatingPointError as err:
+        kept = _kept(run.state, run.out) if run.dist.main else "(rank 0 says what is kept)"
+        raise CmlearnError(f"loss became {err.args[0]} at step {step}; stopped. {kept}") from None
+
+
+def _log_record(run: _Run) -> dict:
+    """The training log record of the window of steps since the last one."""
+    state, cfg = run.state, run.cfg
+    n = state.window[2]
+    record = {"step": state.step, "train_loss": state.window[0] / n}
+    if run.learner.co.active:
+        record["train_co_loss"] = state.window[1] / n
+    if cfg.train.lr_schedule != "constant":
+        record["meta_lr"] = run.optimizer.param_groups[0]["lr"]
+    return record
+
+
+class _Validation:
+    """Rank 0's validation: fixed tasks (or TLP's fresh ones), the best model, the top-k
+    checkpoints, early stopping's count."""
+
+    def __init__(self, run: _Run) -> None:
+        cfg, source = run.cfg, run.source
+        self.run = run
+        self.bar: Progress | None = None
+        self.top = None
+        if cfg.eval.ensemble:
+            lower = lower_is_better(source.metric)
+            self.top = TopCheckpoints(run.out, cfg.eval.ensemble, lower, run.state.step)
+        self.tlp = cfg.eval.protocol == "tlp"
+        self.val = (
+            None
+            if self.tlp
+            else fixed_tasks(source, cfg.train.val_tasks, cfg.eval.seed, "val", keep=True)
+        )
+        self.better = (
+            (lambda a, b: a < b) if lower_is_better(source.metric) else (lambda a, b: a > b)
+        )
+
+    def due(self, step: int) -> bool:
+        cfg = self.run.cfg
+        return step % cfg.train.val_every == 0 or step == cfg.train.steps
+
+    def measure(self, step: int) -> float:
+        """The validation metric of the current model at ``step``."""
+        run, cfg = self.run, self.run.cfg
+        tasks = self.val if not self.tlp else tlp_tasks(run.source, cfg, "val", step)
+        return float(scores(run.learner, tasks, EvalSpec.of(cfg, run.source.metric)).mean())
+
+    def validate(self, emit: Callable[[dict], None]) -> None:
+        """Validate, log it, save a new best model (and TLP's test) and a top-k member."""
+        run, state, cfg = self.run, self.run.state, self.run.cfg
+        metric = run.source.metric
+        value = self.measure(state.step)
+        if not math.isfinite(value):
+            raise CmlearnError(
+                f"validation {metric} became {value} at step {state.step}; "
+                f"stopped. {_kept(state, run.out)}"
+            )
+        record = {"step": state.step, f"val_{metric}": value}
+        learned = {k: v.mean().item() for k, v in run.learner.step_sizes.items() if v.requires_grad}
+        emit(record | ({"step_sizes": learned} if learned else {}))
+        if state.best_step < 0 or self.better(value, state.best):
+            state.best, state.best_step, state.stale = value, state.step, 0
+            run.folder.save_best(run.learner, cfg, state.step)
+            if self.tlp:  # TLP tests at every new best; the last test is the score
+                run.folder.save_tlp_test(tlp_test(run.learner, run.source, cfg, state.step))
+            if self.bar is not None:
+                self.bar.new_best(f"val_{metric}", value, state.step)
+        else:
+            state.stale += 1
+        if self.top is not None:
+            self.top.offer(run.learner, cfg, state.step, value, metric)
+
+    def after_checkpoint(self) -> None:
+        if self.top is not None:  # after the checkpoint: see TopCheckpoints
+            self.top.prune()
+
+
+def _save_and_stop(run: _Run, clock: _Clock, stop: _StopFlag) -> None:
+    """Save the checkpoint (rank 0) and raise ``Interrupted`` saying how to resume."""
+    if run.dist.main:
+        clock.tick(run.state)
+        run.folder.save_checkpoint(run.learner, run.optimizer, run.state, run.cfg)
+    raise Interrupted(
+        f"{stop.reason or 'interrupted'} at step {run.state.step}; saved; resume "
+        f"with: cmlearn train --out {run.out} --resume"
+    )
 
 
 def tlp_tasks(source, cfg: Config, split: str, step: int) -> list[TaskBatch]:

@@ -8,6 +8,7 @@ checked once, where the entry lives. ``build.py`` only looks names up and assemb
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,36 +81,39 @@ MODELS = Registry("model")  # name -> a BodyHead backbone
 COLEARNERS = Registry("co-learner")  # name -> a head for a given feature shape
 
 
+INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only (Python's int() takes any script's)
+EXPECTED = {bool: "true or false", int: "an integer written with the digits 0-9"}
+
+
 def coerce(value: Any, current: Any, key: str) -> Any:
     """``value`` (from JSON or the command line) as the type of the default ``current``."""
     try:
-        if isinstance(current, bool):
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false"):
-                    raise ValueError
-                return value.lower() == "true"
-            if not isinstance(value, bool | int):
+        if isinstance(current, bool):  # true or false, no other spelling (1, TRUE, yes)
+            if isinstance(value, str) and value in ("true", "false"):
+                return value == "true"
+            if not isinstance(value, bool):
                 raise ValueError
-            return bool(value)
+            return value
         if isinstance(current, tuple):
             items = value if isinstance(value, list | tuple) else [value]
             kind = type(current[0]) if current else int
             return tuple(coerce(v, kind(), key) for v in items)
-        if isinstance(current, int):
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        if isinstance(current, int):  # an integer as written: not 5.0, 1e1, ٣ or １２
+            if isinstance(value, str) and INTEGER.fullmatch(value):
+                return int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError
-            return int(value)
+            return value
         if isinstance(current, float):
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, str) and not value.isascii()):
                 raise ValueError
             return float(value)
         if isinstance(value, dict | list):
             raise ValueError
         return str(value)
     except (TypeError, ValueError, OverflowError):
-        raise CmlearnError(
-            f"bad value {value!r} for {key} (expected {type(current).__name__})"
-        ) from None
+        expected = EXPECTED.get(type(current), type(current).__name__)
+        raise CmlearnError(f"bad value {value!r} for {key} (expected {expected})") from None
 
 
 def check(condition: bool, message: str) -> None:

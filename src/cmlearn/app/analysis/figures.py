@@ -1,7 +1,8 @@
 """The Fig. 3 PNGs, drawn only from the numbers ``analysis.json`` stores (one per-run dict each).
 
-A figure with nothing to show is still written, with the reason in it, so a folder never
-keeps a stale PNG from an earlier analysis.
+A figure with nothing to show is not drawn (its function returns ``None``, ``SKIPPED`` says
+why) and a PNG of that name from an earlier analysis is removed, so a folder never keeps a
+stale figure.
 """
 
 from __future__ import annotations
@@ -14,16 +15,43 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+
+NO_GRADIENTS = "no gradient records (train.analysis_every=0, or no co-learner)"
+SKIPPED = {  # why each figure may have nothing to show
+    "validation_figure": "no validation records",
+    "cosine_figure": NO_GRADIENTS,
+    "grad_norm_figure": NO_GRADIENTS,
+    "cka_figure": "no CKA: no run has a saved model",
+    "tsne_figure": "no t-SNE: not asked for, or no run has a saved model",
+}
 
 
-def validation_figure(runs: list[dict], path: Path) -> Path:
+def readable_axes(ax, log_y: bool = False) -> None:
+    """Tick labels that do not collide: at most 6 on x, thousands as ``10k``; on a log y
+    axis, labelled ticks at 1-2-5 (or every integer multiple, when the data spans less than
+    a decade) instead of powers of ten alone (a loss between 1.5 and 3 showed one label)."""
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(nbins=6, integer=True, min_n_ticks=3))
+    ax.xaxis.set_major_formatter(
+        ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k" if abs(x) >= 1000 else f"{x:g}")
+    )
+    if log_y:
+        low, high = ax.get_ylim()
+        narrow = low > 0 and high / low < 10
+        subs = tuple(range(1, 10)) if narrow else (1.0, 2.0, 5.0)
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda y, _: f"{y:.3g}"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def validation_figure(runs: list[dict], path: Path) -> Path | None:
     """Fig. 3a: validation metric against meta-iterations, one line per run."""
     curves = [r for r in runs if "skipped" not in r["validation"]]
     metrics = list(dict.fromkeys(r["validation"]["metric"] for r in curves))
-    fig, axes = plt.subplots(1, max(len(metrics), 1), figsize=(5.5 * max(len(metrics), 1), 3.8))
-    axes = np.atleast_1d(axes)
     if not metrics:
-        _empty(axes[0], "no validation records")
+        return _skip(path)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.8))
+    axes = np.atleast_1d(axes)
     for ax, metric in zip(axes, metrics, strict=False):
         for run in curves:
             curve = run["validation"]
@@ -33,19 +61,21 @@ def validation_figure(runs: list[dict], path: Path) -> Path:
         ax.set_ylabel(metric.replace("_", " "))
         if metric.endswith("mse"):
             ax.set_yscale("log")
+        readable_axes(ax, metric.endswith("mse"))
         ax.legend(fontsize=8)
     fig.suptitle("Validation during meta-training (Fig. 3a)")
     return _save(fig, path)
 
 
-def cosine_figure(runs: list[dict], path: Path) -> Path:
+def cosine_figure(runs: list[dict], path: Path) -> Path | None:
     """Fig. 3b: cosine similarity of the meta and co gradients per body layer over training."""
     logged = [r for r in runs if "skipped" not in r["gradients"]]
     layers = _layer_union(r["gradients"]["layers"] for r in logged)
-    fig, axes = plt.subplots(1, max(len(layers), 1), figsize=(3.6 * max(len(layers), 1), 3.4))
-    axes = np.atleast_1d(axes)
     if not layers:
-        _empty(axes[0], "no gradient records\n(train.analysis_every=0 or no co-learner)")
+        return _skip(path)
+    # at least as wide as the other figures: the title is longer than one layer's panel
+    fig, axes = plt.subplots(1, len(layers), figsize=(max(6.0, 3.6 * len(layers)), 3.4))
+    axes = np.atleast_1d(axes)
     for ax, layer in zip(axes, layers, strict=False):
         for run in logged:
             series = run["gradients"]["layers"].get(layer)
@@ -54,20 +84,20 @@ def cosine_figure(runs: list[dict], path: Path) -> Path:
         ax.axhline(0.0, color="grey", lw=0.6)
         ax.set_title(layer)
         ax.set_xlabel("meta-iteration")
+        readable_axes(ax)
     axes[0].set_ylabel("cos(meta-gradient, co-gradient)")
-    if layers:
-        axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8)
     fig.suptitle("Gradient similarity, meta-learner vs co-learner (Fig. 3b)")
     return _save(fig, path)
 
 
-def grad_norm_figure(runs: list[dict], path: Path) -> Path:
+def grad_norm_figure(runs: list[dict], path: Path) -> Path | None:
     """Fig. 3c: mean norm over training of each body layer's meta and co gradients."""
     logged = [r for r in runs if "skipped" not in r["gradients"]]
     layers = _layer_union(r["gradients"]["layers"] for r in logged)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(layers) * max(len(logged), 1)), 3.8))
     if not layers:
-        _empty(ax, "no gradient records\n(train.analysis_every=0 or no co-learner)")
+        return _skip(path)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(layers) * len(logged)), 3.8))
     bars = [(run, term) for run in logged for term in ("meta_norm", "co_norm")]
     width = 0.8 / max(len(bars), 1)
     x = np.arange(len(layers))
@@ -85,21 +115,20 @@ def grad_norm_figure(runs: list[dict], path: Path) -> Path:
             hatch="" if term == "meta_norm" else "//",
         )
     ax.set_xticks(x, layers)
-    if layers:
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
     ax.set_ylabel("mean gradient norm over training")
     ax.set_title("Per-layer gradient norms into the body (Fig. 3c)")
     return _save(fig, path)
 
 
-def cka_figure(runs: list[dict], path: Path) -> Path:
+def cka_figure(runs: list[dict], path: Path) -> Path | None:
     """Fig. 3d: CKA of each layer's query representation before vs after adaptation."""
     done = [r for r in runs if "skipped" not in r["cka"]]
     layers = _layer_union({layer: None for layer in r["cka"]["layers"]} for r in done)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(layers) * max(len(done), 1)), 3.8))
     if not layers:
-        _empty(ax, "no CKA: no run has a saved model")
+        return _skip(path)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(layers) * len(done)), 3.8))
     width = 0.8 / max(len(done), 1)
     x = np.arange(len(layers))
     for i, run in enumerate(done):
@@ -116,19 +145,18 @@ def cka_figure(runs: list[dict], path: Path) -> Path:
     ax.set_ylim(0.0, 1.05)
     ax.set_ylabel("linear CKA, before vs after")
     ax.set_title("Representation change from inner-loop adaptation (Fig. 3d)")
-    if layers:
-        ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="lower left")
     return _save(fig, path)
 
 
-def tsne_figure(runs: list[dict], path: Path) -> Path:
+def tsne_figure(runs: list[dict], path: Path) -> Path | None:
     """App. E / Fig. 4: t-SNE of the adapted body output on test query sets, run × task."""
     done = [r for r in runs if "skipped" not in r["tsne"]]
-    cols = max([len(r["tsne"]["tasks"]) for r in done] + [1])
-    rows = max(len(done), 1)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
     if not done:
-        _empty(axes[0, 0], "no t-SNE: no run has a saved model")
+        return _skip(path)
+    cols = max([len(r["tsne"]["tasks"]) for r in done] + [1])
+    rows = len(done)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(6.0, 3.2 * cols), 3.0 * rows), squeeze=False)
     for row, run in zip(axes, done, strict=False):
         for ax, task in zip(row, run["tsne"]["tasks"], strict=False):
             points = np.asarray(task["points"])
@@ -144,7 +172,7 @@ def tsne_figure(runs: list[dict], path: Path) -> Path:
             ax.set_xticks([])
             ax.set_yticks([])
     for ax in axes.flat:
-        if not ax.has_data() and not ax.texts:
+        if not ax.has_data():
             ax.set_axis_off()
     fig.suptitle("t-SNE of adapted query features (colour: class or target)")
     return _save(fig, path)
@@ -159,10 +187,9 @@ def _nan(value: float | None) -> float:
     return math.nan if value is None else value
 
 
-def _empty(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
-    ax.set_xticks([])
-    ax.set_yticks([])
+def _skip(path: Path) -> None:
+    """Nothing to draw: no placeholder, and no stale PNG of an earlier analysis."""
+    Path(path).unlink(missing_ok=True)
 
 
 def _save(fig, path: Path) -> Path:

@@ -34,7 +34,7 @@ from cmlearn.core.tasks import TaskBatch, TaskSource
 
 DEFAULT_TASKS = 100
 TSNE_TASKS = 3
-FIGURES: dict[str, tuple[str, Callable[[list[dict], Path], Path]]] = {
+FIGURES: dict[str, tuple[str, Callable[[list[dict], Path], Path | None]]] = {
     "fig3a": ("fig3a_validation.png", figures.validation_figure),
     "fig3b": ("fig3b_cosine.png", figures.cosine_figure),
     "fig3c": ("fig3c_grad_norms.png", figures.grad_norm_figure),
@@ -69,13 +69,12 @@ def analyze(
         raise CmlearnError(f"cannot create {out}: {err.strerror or err}") from None
     sources: dict[str, TaskSource] = {}
     results = [_analyse_run(run, tasks, tsne_tasks, tsne, runtime, sources) for run in runs]
-    report = {
-        "tasks": tasks,
-        "runs": results,
-        "figures": {key: name for key, (name, _) in FIGURES.items()},
-    }
-    for name, draw in FIGURES.values():
-        draw(results, out / name)
+    report = {"tasks": tasks, "runs": results, "figures": {}, "skipped_figures": {}}
+    for key, (name, draw) in FIGURES.items():  # a figure with nothing to show is not drawn
+        if draw(results, out / name) is not None:
+            report["figures"][key] = name
+        else:
+            report["skipped_figures"][name] = figures.SKIPPED[draw.__name__]
     text = json.dumps(_finite(report), indent=1, allow_nan=False) + "\n"
     atomic_text(text, out / "analysis.json")
     report["out"] = str(out)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from cmlearn.app.files import atomic_save
+from cmlearn.app.files import atomic_save, damage
 from cmlearn.core.errors import CmlearnError
 
 CACHE_FORMAT = 1  # bump when the payload layout changes
@@ -41,6 +41,9 @@ def cached(cache_dir: Path, name: str, key: str, build: Callable[[], Any]) -> An
     """The payload cached as ``name-key.pt`` in ``cache_dir``, built (and saved) if absent."""
     path = Path(cache_dir) / f"{name}-{key}.pt"
     if path.exists():
+        problem = damage(path)  # torch.load never checks the archive's CRC-32s
+        if problem is not None:
+            raise CmlearnError(f"cache {path} is unreadable ({problem}); delete it to rebuild")
         try:
             blob = torch.load(path, weights_only=True)
         except Exception as err:  # a damaged file: torch raises many types

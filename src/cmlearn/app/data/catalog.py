@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmlearn.app.data import cifar, cub, flower, miniimagenet, omniglot, tieredimagenet
+from cmlearn.app.data import cifar, cub, flower, graphs, miniimagenet, omniglot, tieredimagenet
 from cmlearn.app.data.images import SPLITS, need, one_line
 from cmlearn.app.progress import Progress
 from cmlearn.core.errors import CmlearnError
@@ -58,14 +58,16 @@ class Entry:
     title: str
     folder: str  # relative to the data root
     locate: Callable[[Path], object]  # raises CmlearnError unless the files are complete
-    classes: tuple[int, int, int]  # train / val / test
+    classes: tuple[int, int, int] | None  # train / val / test (None: no standard split)
     images: tuple[int, int, int] | None = None  # per split, where published
-    total: int | None = None  # images over all splits, where only that is known
+    total: int | None = None  # images (nodes) over all splits, where only that is known
     files: tuple[KnownFile, ...] = ()
     downloads: tuple[Download, ...] = ()
     manual: str = ""
     cache: str = ""  # cache file name prefix
     other_folders: tuple[str, ...] = ()  # also accepted by the loader
+    unit: str = "images"  # what a class holds: images, or a graph's nodes
+    domain: str = "images"  # the heading it is listed under
 
     def where(self, root: Path) -> Path:
         """The folder in use: the first of ``folder``, ``other_folders`` that exists."""
@@ -224,6 +226,30 @@ CATALOG: dict[str, Entry] = {
 }
 
 
+def _graph_entry(name: str, spec: graphs.GraphSpec) -> Entry:
+    """A graph's catalog entry, from the graph reader's own table (``graphs.GRAPHS``): its
+    files, published size and standard class split. The files are downloaded by hand: no
+    checksums of them are recorded here to verify a download against."""
+    paths = graphs.graph_paths(spec, Path("."))
+    urls = ", ".join(graphs.graph_url(spec, p) for p in paths)
+    return Entry(
+        name,
+        f"{spec.title} graph ({spec.nodes:,} nodes, {spec.n_classes} classes)",
+        paths[0].parent.name,
+        lambda root: graphs.locate_graph(name, root),
+        spec.classes,
+        total=spec.nodes,
+        manual=f"download {urls} into <data root>/{paths[0].parent.name}/",
+        cache=f"graph-{name}-",
+        unit="nodes",
+        domain="graphs",
+    )
+
+
+# every dataset a preset reads from disk: the image datasets above and the graphs
+CATALOG |= {name: _graph_entry(name, spec) for name, spec in graphs.GRAPHS.items()}
+
+
 def get(name: str) -> Entry:
     if name not in CATALOG:
         raise CmlearnError(f"unknown dataset {name!r}; choose from {', '.join(CATALOG)}")
@@ -252,14 +278,20 @@ def list_datasets(root: Path, cache_dir: Path) -> list[dict]:
                 "name": entry.name,
                 "title": entry.title,
                 "where": str(where),
-                "present": where.exists(),
+                "present": where.exists() and (entry.unit != "nodes" or _any_file(entry, root)),
                 "valid": problem is None,
                 "cached": bool(cached),
                 "download": "automatic" if entry.downloads else "manual",
                 "problem": problem,
+                "domain": entry.domain,
             }
         )
     return rows
+
+
+def _any_file(entry: Entry, root: Path) -> bool:
+    """Whether any file of graph ``entry`` is there (graphs share their folder)."""
+    return any(p.exists() for p in graphs.graph_paths(graphs.GRAPHS[entry.name], Path(root)))
 
 
 # --- check ----------------------------------------------------------------------------------
@@ -279,9 +311,11 @@ def check_dataset(
     name: str, root: Path, cache_dir: Path | None = None, checksums: bool = True
 ) -> dict:
     """Checksums of the known files (unless ``checksums=False``: a repacked copy of the same
-    images differs byte-wise) and class / image counts of every split (the dataset is loaded
-    with its default options, building its cache if needed). Returns the report; a checksum
-    or count that differs from the known one is a one-line ``CmlearnError``."""
+    images differs byte-wise) and class / image (node) counts of every split (the dataset is
+    loaded with its default options, building its cache if needed). Returns the report; a
+    count that differs from the known one is a one-line ``CmlearnError``. A checksum that
+    differs while every count matches (a repacked archive of the same files) is a warning
+    in the report's ``warnings``, not an error."""
     from cmlearn.app.runtime import default_cache
 
     entry = get(name)
@@ -297,36 +331,53 @@ def check_dataset(
         files.append({"path": str(path), "md5": md5, "sha256": sha, "ok": md5 == known.md5})
         if md5 != known.md5:
             problems.append(f"{known.path} has MD5 {md5}, expected {known.md5}")
-    build = DATASETS.get(name)
-    data = build.build(build.options(), root, Path(cache_dir) if cache_dir else default_cache())
-    splits = {}
-    for i, split in enumerate(SPLITS):
-        classes = data.splits[split].classes
-        n_images = int(data.pool.counts[classes].sum())
-        splits[split] = {"classes": len(classes), "images": n_images}
-        if len(classes) != entry.classes[i]:
-            problems.append(f"{split} has {len(classes)} classes, expected {entry.classes[i]}")
-        if entry.images is not None and n_images != entry.images[i]:
-            problems.append(f"{split} has {n_images} images, expected {entry.images[i]}")
-    total = sum(s["images"] for s in splits.values())
+    cache = Path(cache_dir) if cache_dir else default_cache()
+    splits, total = _split_counts(name, entry, root, cache)
+    counts = []
+    for i, (split, found) in enumerate(splits.items()):
+        if entry.classes is not None and found["classes"] != entry.classes[i]:
+            counts.append(f"{split} has {found['classes']} classes, expected {entry.classes[i]}")
+        if entry.images is not None and found["images"] != entry.images[i]:
+            counts.append(f"{split} has {found['images']} images, expected {entry.images[i]}")
     if entry.total is not None and total != entry.total:
-        problems.append(f"the splits hold {total} images, expected {entry.total}")
-    if problems:
+        where = "the splits hold" if splits else "the graph has"
+        counts.append(f"{where} {total} {entry.unit}, expected {entry.total}")
+    if counts:
         raise CmlearnError(
-            f"{name} in {entry.where(root)} is not the known dataset: {'; '.join(problems)}"
-            + (
-                " (a repacked archive differs byte-wise; --no-checksums checks its contents)"
-                if any("MD5" in p or "SHA" in p for p in problems)
-                else ""
-            )
+            f"{name} in {entry.where(root)} is not the known dataset: "
+            f"{'; '.join(problems + counts)}"
         )
+    warnings = [
+        f"{p}; every class and {entry.unit[:-1]} count matches, so it is taken as a repacked "
+        "archive of the same files"
+        for p in problems
+    ]
     return {
         "name": name,
         "where": str(entry.where(root)),
         "files": files,
         "splits": splits,
-        "images": total,
+        entry.unit: total,
+        "warnings": warnings,
     }
+
+
+def _split_counts(name: str, entry: Entry, root: Path, cache: Path) -> tuple[dict, int]:
+    """Classes and images (nodes) per split of the dataset as its reader loads it, and the
+    total; a graph without a standard split reports no splits and its node count."""
+    if entry.unit == "nodes" and entry.classes is None:
+        graph = graphs.read_graph(name, root, cache)
+        return {}, int(graph.labels.shape[0])
+    build = DATASETS.get(name)
+    data = build.build(build.options(), root, cache)
+    splits = {}
+    for split in SPLITS:
+        if entry.unit == "nodes":
+            classes, counts = data.splits[split], data.counts
+        else:
+            classes, counts = data.splits[split].classes, data.pool.counts
+        splits[split] = {"classes": len(classes), entry.unit: int(counts[classes].sum())}
+    return splits, sum(s[entry.unit] for s in splits.values())
 
 
 # --- fetch ----------------------------------------------------------------------------------

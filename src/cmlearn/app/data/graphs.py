@@ -64,27 +64,44 @@ CSR = ("data", "indices", "indptr", "shape")
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """A registered graph: its title, reader (``planetoid`` or ``npz``), file and standard
-    class split (``None``: no published one)."""
+    """A registered graph: its title, reader (``planetoid`` or ``npz``), file, standard
+    class split (``None``: no published one) and published size (nodes, classes), which
+    ``cmlearn data check`` compares with what the reader finds."""
 
     title: str
     reader: str
     file: str
     classes: tuple[int, int, int] | None
     url: str = ""  # where the npz comes from, when not gnn-benchmark's ``NPZ_URL``
+    nodes: int = 0
+    n_classes: int = 0
 
 
 GRAPHS = {
-    "cora": GraphSpec("Cora", "planetoid", "cora", (3, 2, 2)),
-    "citeseer": GraphSpec("CiteSeer", "planetoid", "citeseer", (2, 2, 2)),  # CML: "20/10/10"
-    "pubmed": GraphSpec("PubMed", "planetoid", "pubmed", None),
-    "amazon-computer": GraphSpec(
-        "Amazon-Computer", "npz", "amazon_electronics_computers.npz", (4, 3, 3)
+    # sizes as published: Planetoid (Yang et al. 2016), gnn-benchmark (Shchur et al. 2018)
+    "cora": GraphSpec("Cora", "planetoid", "cora", (3, 2, 2), nodes=2708, n_classes=7),
+    "citeseer": GraphSpec(  # CML: "20/10/10"
+        "CiteSeer", "planetoid", "citeseer", (2, 2, 2), nodes=3327, n_classes=6
     ),
-    "amazon-photo": GraphSpec("Amazon-Photo", "npz", "amazon_electronics_photo.npz", None),
-    "coauthor-cs": GraphSpec("Coauthor-CS", "npz", "ms_academic_cs.npz", (5, 5, 5)),
+    "pubmed": GraphSpec("PubMed", "planetoid", "pubmed", None, nodes=19717, n_classes=3),
+    "amazon-computer": GraphSpec(
+        "Amazon-Computer",
+        "npz",
+        "amazon_electronics_computers.npz",
+        (4, 3, 3),
+        nodes=13752,
+        n_classes=10,
+    ),
+    "amazon-photo": GraphSpec(
+        "Amazon-Photo", "npz", "amazon_electronics_photo.npz", None, nodes=7650, n_classes=8
+    ),
+    "coauthor-cs": GraphSpec(
+        "Coauthor-CS", "npz", "ms_academic_cs.npz", (5, 5, 5), nodes=18333, n_classes=15
+    ),
     # TLP read CoraFull through PyG's CitationFull, i.e. graph2gauss's cora.npz (19,793 nodes)
-    "corafull": GraphSpec("CoraFull", "npz", "cora_full.npz", (40, 15, 15), G2G_CORA),
+    "corafull": GraphSpec(
+        "CoraFull", "npz", "cora_full.npz", (40, 15, 15), G2G_CORA, nodes=19793, n_classes=70
+    ),
 }
 
 
@@ -133,23 +150,33 @@ def graph_paths(spec: GraphSpec, root: Path) -> list[Path]:
     return [Path(root) / "npz" / spec.file]
 
 
-def read_graph(name: str, root: Path, cache_dir: Path, binary: bool = True) -> Graph:
-    """Graph ``name`` from the cache or, once, from its files under ``root``; ``binary``: npz
-    attributes > 0 become 1 (Planetoid features are 0/1 already)."""
+def graph_url(spec: GraphSpec, path: Path) -> str:
+    """Where the file ``path`` of graph ``spec`` is published."""
+    if spec.reader == "planetoid":
+        return PLANETOID_URL.format(spec.file, path.name.removeprefix(f"ind.{spec.file}."))
+    return spec.url or NPZ_URL.format(spec.file)
+
+
+def locate_graph(name: str, root: Path) -> list[Path]:
+    """The files of graph ``name`` under ``root``; a missing one is an error saying where
+    to download it."""
     spec = GRAPHS[name]
     paths = graph_paths(spec, root)
     for path in paths:
         if not path.is_file():
-            part = path.name.removeprefix(f"ind.{spec.file}.")
-            url = (
-                PLANETOID_URL.format(spec.file, part)
-                if spec.reader == "planetoid"
-                else spec.url or NPZ_URL.format(spec.file)
-            )
             raise CmlearnError(
-                f"{spec.title} not found: expected {path} (download {url} as {path}, or point "
-                f"--data-root / CMLEARN_DATA at the folder holding {path.parent.name}/)"
+                f"{spec.title} not found: expected {path} (download {graph_url(spec, path)} as "
+                f"{path}, or point --data-root / CMLEARN_DATA at the folder holding "
+                f"{path.parent.name}/)"
             )
+    return paths
+
+
+def read_graph(name: str, root: Path, cache_dir: Path, binary: bool = True) -> Graph:
+    """Graph ``name`` from the cache or, once, from its files under ``root``; ``binary``: npz
+    attributes > 0 become 1 (Planetoid features are 0/1 already)."""
+    spec = GRAPHS[name]
+    paths = locate_graph(name, root)
     try:
         key = source_key(paths, "graph", name)
     except OSError as err:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from cmlearn.app.presets import graphs, images, omniglot, sinusoid
 from cmlearn.core.errors import CmlearnError
@@ -39,6 +40,32 @@ def published(name: str) -> str:
     return "; ".join(cells)
 
 
+DOMAINS = {  # the paper's three domains, in its order, by the module that defines them
+    "sinusoid regression": sinusoid.PRESETS,
+    "few-shot image classification": {**omniglot.PRESETS, **images.PRESETS},
+    "few-shot node classification": graphs.PRESETS,
+}
+_OWN_NUMBERS = re.compile(r"\s*\((?:CML )?Table \d+: [^)]*\)")
+
+
+def grouped() -> list[tuple[str, list[tuple[str, str]]]]:
+    """Every preset under a header per domain and dataset, in the paper's table order
+    (presets of no table last, then by name), each description with its tables."""
+    groups: dict[str, list[tuple[tuple, str, str]]] = {}
+    for domain, members in DOMAINS.items():
+        for name, (text, settings) in members.items():
+            dataset = settings.get("data", {}).get("name", "sinusoid")  # Config's default
+            tables = [t for t, rows in TABLES.items() if name in rows]
+            natural = [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+            key = (min(tables, default=math.inf), natural)
+            shown = text + (f"  [Table {', '.join(map(str, tables))}]" if tables else "")
+            groups.setdefault(f"{domain}: {dataset}", []).append((key, name, shown))
+    return [
+        (f"{header} ({len(rows)})", [(name, text) for _, name, text in sorted(rows)])
+        for header, rows in groups.items()
+    ]
+
+
 def describe(table: int | None = None) -> list[tuple[str, str]]:
     """(name, description) of every preset, or (name, the paper's numbers · description) of
     those that reproduce a row or column of ``table``."""
@@ -53,5 +80,6 @@ def describe(table: int | None = None) -> list[tuple[str, str]]:
         numbers = ", ".join(
             f"{k} {'failed' if math.isnan(v) else f'{v:.2f}'}" for k, v in row.items()
         )
-        rows.append((name, f"{numbers}  ·  {PRESETS[name][0]}"))
+        text = _OWN_NUMBERS.sub("", PRESETS[name][0])  # the numbers are shown once, here
+        rows.append((name, f"{numbers}  ·  {text}"))
     return rows
