@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset")
     tr.add_argument("--algorithm", choices=list(ALGORITHMS))
     tr.add_argument("--colearner", choices=list(CO_MODES))
+    tr.add_argument("--model", help="your model by import path, e.g. pkg.mod:Net (model.name)")
+    tr.add_argument("--data", help="your data by import path, e.g. pkg.mod:load (data.name)")
     tr.add_argument("--steps", type=int)
     tr.add_argument("--seed", type=int)
     tr.add_argument("--out", type=Path)
@@ -73,7 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     _runtime_args(ev)
 
     cp = sub.add_parser("compare", help="train and compare methods on the same test tasks")
-    cp.add_argument("--preset", required=True)
+    cp.add_argument("--preset")
+    cp.add_argument(
+        "--from",
+        dest="from_run",
+        type=Path,
+        metavar="RUN",
+        help="a run folder's configuration as the base instead of a preset (cmlearn.fit's)",
+    )
     cp.add_argument("--methods", required=True, help="e.g. maml,cml,anil,anil+cml")
     cp.add_argument("--seeds", default="0")
     cp.add_argument("--steps", type=int)
@@ -132,12 +141,23 @@ def _positive(name: str, value: int | None) -> None:
         raise CmlearnError(f"{name} must be positive (got {value})")
 
 
-def _preset_config(name: str, steps: int | None, tasks: int | None, overrides: list[str]) -> Config:
+def _preset_config(
+    name: str | None,
+    steps: int | None,
+    tasks: int | None,
+    overrides: list[str],
+    base: bool = False,
+    run: Path | None = None,
+) -> Config:
+    """Preset ``name``'s configuration (or the defaults with ``base``, or run folder
+    ``run``'s) with ``--steps``, ``--tasks`` and the ``--set`` overrides applied."""
+    from cmlearn.config import Config
     from cmlearn.presets import get_preset
+    from cmlearn.runs import read_config
 
     _positive("--steps", steps)
     _positive("--tasks", tasks)
-    cfg = get_preset(name)
+    cfg = read_config(run) if run is not None else Config() if base else get_preset(name)
     typed = [("train.steps", steps)] if steps is not None else []
     typed += [("eval.tasks", tasks)] if tasks is not None else []
     return cfg.apply(typed).override(overrides)
@@ -157,6 +177,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 ("--algorithm", args.algorithm),
                 ("--colearner", args.colearner),
                 ("--seed", args.seed),
+                ("--model", args.model),
+                ("--data", args.data),
             )
             if value is not None
         ]
@@ -170,16 +192,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = cfg.apply([("train.steps", args.steps)] if args.steps else [])
         cfg = cfg.apply([("train.log", args.log)] if args.log else [])  # may change on resume
     else:
-        if args.preset is None:
-            raise CmlearnError("train needs --preset NAME (or --out RUN_DIR --resume)")
-        cfg = _preset_config(args.preset, args.steps, None, [])
+        if args.preset is None and args.data is None:
+            raise CmlearnError(
+                "train needs --preset NAME or --data PKG.MOD:NAME (or --out RUN_DIR --resume)"
+            )
+        cfg = _preset_config(args.preset, args.steps, None, [], base=args.preset is None)
         typed = [("algorithm", args.algorithm)] if args.algorithm else []
+        typed += [("data.name", args.data)] if args.data else []
+        typed += [("model.name", args.model)] if args.model else []
         typed += [("colearner.mode", args.colearner)] if args.colearner else []
         typed += [("train.seed", args.seed)] if args.seed is not None else []
         typed += [("train.log", args.log)] if args.log else []
         cfg = cfg.apply(typed).override(args.overrides)
     out = args.out or Path("runs") / (
-        f"{cfg.preset}-{cfg.algorithm}-{cfg.colearner.mode}-s{cfg.train.seed}"
+        f"{cfg.preset or 'run'}-{cfg.algorithm}-{cfg.colearner.mode}-s{cfg.train.seed}"
     )
     runtime = _runtime(args)
     if args.nproc is not None:
@@ -215,7 +241,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     n = args.tasks or cfg.eval.tasks
     if n < 2:
         raise CmlearnError("--tasks must be at least 2 for a confidence interval")
-    if args.mode != "cml" and learner.net.colearner is None:
+    if args.mode not in ("cml", "maml") and learner.net.colearner is None:
         raise CmlearnError(f"--mode {args.mode} needs a run trained with a co-learner")
     source = build_source(cfg, runtime)
     tasks = fixed_tasks(source, n, cfg.eval.seed, "test")
@@ -244,7 +270,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    cfg = _preset_config(args.preset, args.steps, args.tasks, args.overrides)
+    if (args.preset is None) == (args.from_run is None):
+        raise CmlearnError("compare needs --preset NAME or --from RUN_DIR (one of them)")
+    cfg = _preset_config(args.preset, args.steps, args.tasks, args.overrides, run=args.from_run)
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -253,7 +281,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         ) from None
     if not seeds:
         raise CmlearnError("--seeds is empty")
-    out = args.out or Path("runs") / f"compare-{args.preset}"
+    out = args.out or Path("runs") / f"compare-{args.preset or args.from_run.name}"
     return _compare_and_report(
         cfg, args.methods.split(","), seeds, out, args.quiet, args.json, _runtime(args), args.dagger
     )

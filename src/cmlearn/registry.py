@@ -2,7 +2,9 @@
 
 Each entry registers itself in the module that defines it, with an options dataclass whose
 ``__post_init__`` validates its own fields: an invalid option cannot be constructed, so it is
-checked once, where the entry lives. ``build.py`` only looks names up and assembles.
+checked once, where the entry lives. ``build.py`` only looks names up and assembles. A name
+``package.module:Name`` that is not registered is the user's own part, imported on first use
+(``cmlearn.app.parts``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ class Registry:
         return add
 
     def get(self, name: str) -> Entry:
+        if name not in self.entries and ":" in name:  # a user's part: package.module:Name
+            from cmlearn.app.parts import user_entry
+
+            self.entries[name] = user_entry(self.kind, name)
         if name not in self.entries:
             raise CmlearnError(
                 f"unknown {self.kind} {name!r}; choose from {', '.join(sorted(self.entries))}"
