@@ -426,7 +426,13 @@ class Learner:
             params: Params, buffers: Params, batch: TaskBatch, progress: Stage | float = 0.0
         ) -> Tensor:
             sizes = {k[len(STEP_SIZE) :]: v for k, v in params.items() if k.startswith(STEP_SIZE)}
-            state = {f"net.{k}": v for k, v in params.items() if not k.startswith(STEP_SIZE)}
+            # the inner loop differentiates the loss w.r.t. the parameters: a plain tensor
+            # (a call outside any transform) becomes a leaf that can be differentiated
+            state = {
+                f"net.{k}": v if v.requires_grad else v.detach().requires_grad_()
+                for k, v in params.items()
+                if not k.startswith(STEP_SIZE)
+            }
             state |= {f"net.{k}": v for k, v in buffers.items()}
             saved = self.step_sizes
             self.step_sizes = saved | sizes
