@@ -131,12 +131,25 @@ def test_a_head_that_is_not_last_in_forward_is_one_line():
         ({"stepz": 2}, "the inner loop has no option 'stepz'; known: steps, lr"),
         ({"strategy": "batched"}, "strategy 'batched' .* needs a model whose every layer"),
         ({"loss": "l1"}, "unknown loss 'l1'"),
+        ({"rho_up": 0.1}, "outer SAM radius"),
+        ({"gamma": -1.0}, "gamma must be a finite non-negative number"),
     ],
 )
 def test_unknown_names_and_values_are_one_line_listing_the_choices(kwargs, message):
     with pytest.raises(CmlearnError, match=message) as err:
         cmlearn.meta_learner(Net(), tasks(), **kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_fit_refuses_unknown_settings_and_unimportable_parts_in_one_line(tmp_path):
+    with pytest.raises(CmlearnError, match="unexpected keyword argument 'stepz'; settings: algo"):
+        cmlearn.fit("a_h18:Net", "a_h18:data", tmp_path, stepz=3)
+    with pytest.raises(CmlearnError, match="cannot import no_such_h18:data: No module named"):
+        cmlearn.fit("no_such_h18:Net", "no_such_h18:data", tmp_path, steps=1)
+    with pytest.raises(CmlearnError, match="is not an import path"):
+        cmlearn.fit("Net", "data:x", tmp_path)
+    with pytest.raises(CmlearnError, match="no import path"):
+        cmlearn.fit(lambda: Net(), "data:x", tmp_path)
 
 
 def test_vmap_with_running_batchnorm_and_an_unknown_mode_are_one_line():

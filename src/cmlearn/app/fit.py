@@ -10,12 +10,14 @@ progress bar and ``metrics.jsonl`` are all ``train``'s.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cmlearn import CmlearnError
 from cmlearn.app.parts import import_path
 from cmlearn.config import Config
 from cmlearn.engine import Learner
@@ -102,6 +104,9 @@ def experiment(
     return cfg
 
 
+KEYWORDS = ("model", "data")  # experiment's positional parts, not settings
+
+
 def fit(
     model: Any,
     data: Any = None,
@@ -126,7 +131,15 @@ def fit(
     """
     from cmlearn.train import train
 
-    cfg = model if isinstance(model, Config) else experiment(model, data, **settings)
+    if isinstance(model, Config):
+        cfg = model
+    else:
+        try:
+            inspect.signature(experiment).bind(model, data, **settings)
+        except TypeError as err:
+            known = [k for k in inspect.signature(experiment).parameters if k not in KEYWORDS]
+            raise CmlearnError(f"fit: {err}; settings: {', '.join(known)}") from None
+        cfg = experiment(model, data, **settings)
     runtime = Runtime.resolve(device=device)
     return train(cfg, Path(out), resume=resume, progress=progress, runtime=runtime)
 

@@ -227,6 +227,11 @@ def meta_learner(
         raise CmlearnError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     if not (gamma >= 0 and gamma != float("inf")):
         raise CmlearnError(f"gamma must be a finite non-negative number (got {gamma})")
+    if "rho_up" in inner:
+        raise CmlearnError(
+            "rho_up (Sharp-MAML's outer SAM radius) perturbs the optimiser's step, not the "
+            "meta-loss: use cmlearn.fit(..., rho_up=…), or SAM around your own optimiser"
+        )
     rule = inner_rule(algorithm, steps=steps, lr=lr, sam_rho=rho_low, **inner)
     example, loss, out_features = _probe_input(tasks, loss, out_features)
     split = split_model(model, head, example)
