@@ -147,7 +147,7 @@ def test_fit_refuses_unknown_settings_and_unimportable_parts_in_one_line(tmp_pat
     with pytest.raises(CmlearnError, match="cannot import no_such_h18:data: No module named"):
         cmlearn.fit("no_such_h18:Net", "no_such_h18:data", tmp_path, steps=1)
     with pytest.raises(CmlearnError, match="is not an import path"):
-        cmlearn.fit("Net", "data:x", tmp_path)
+        cmlearn.fit("a_h18:Net", "data:not a name", tmp_path)
     with pytest.raises(CmlearnError, match="no import path"):
         cmlearn.fit(lambda: Net(), "data:x", tmp_path)
 
