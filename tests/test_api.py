@@ -234,6 +234,17 @@ USER_MODULE = textwrap.dedent(
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(classes * 8, 1, 6, 6, generator=gen)
         return x, torch.arange(classes, dtype=torch.int32).repeat_interleave(8)
+
+    def lines(n_tasks, n_points, gen):
+        slope = torch.rand(n_tasks, 1, 1, generator=gen)
+        x = torch.rand(n_tasks, n_points, 1, generator=gen)
+        return x, slope * x
+
+    def line_tasks():
+        return cmlearn.regression(lines, shots=3, queries=4)
+
+    def mlp(hidden: int = 8):
+        return nn.Sequential(nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
     """
 )
 
@@ -293,6 +304,16 @@ def test_fit_writes_the_cli_run_folder_without_a_colearner_in_the_model(user_mod
         test_tasks=4,
     )
     assert again["steps"] == 6
+
+
+def test_fit_takes_a_whole_task_source_the_user_built(user_module, tmp_path):
+    summary = cmlearn.fit(
+        f"{user_module}:mlp", f"{user_module}:line_tasks", tmp_path / "lines", colearner="cml",
+        steps=2, val_every=1, val_tasks=3, test_tasks=3, progress=False, device="cpu",
+    )  # fmt: skip
+    assert summary["steps"] == 2 and summary["best_val_mse"] is not None
+    learner = cmlearn.load(tmp_path / "lines")
+    assert learner.loss == "mse" and learner.strategy == "loop"
 
 
 def learner_tasks(module: str):
