@@ -142,6 +142,10 @@ class Learner:
     ``net`` holds ψ, θ and (optionally) ϕ; ``step_sizes`` the inner step sizes (learned ones
     are leaves with ``requires_grad``). ``pure`` runs ``net`` as a pure function of its
     parameters where it has one (the same results, faster); False forces ``functional_call``.
+
+    Built by ``cmlearn.meta_learner`` (your module) or from a run's config; used through
+    ``meta_loss``, ``evaluate``, ``functional``, ``meta_parameters``, ``inference_model``
+    and the resolved ``strategy``.
     """
 
     net: Cooperative

@@ -146,7 +146,8 @@ def fit(
 
 def load(run: str | Path, device: str = "cpu") -> Learner:
     """The learner of a run folder (``fit``'s or the CLI's), at its best validation step: the
-    inference model (``learner.inference_model``) and the co-learner, if the run had one."""
+    inference model (``learner.inference_model``) and the co-learner, if the run had one.
+    Example: ``cmlearn.load("runs/mine-cml").evaluate(batch, "cml-dagger-code")``."""
     from cmlearn.runs import load_run
 
     return load_run(Path(run), runtime=Runtime.resolve(device=device))[1]
@@ -158,7 +159,10 @@ def task_scores(
     """Per-task test scores (accuracy, or MSE for regression) of ``learner`` on ``n_tasks``
     fixed test tasks of ``tasks``, drawn from ``seed`` exactly as ``cmlearn eval`` and
     ``compare`` draw them, so two learners scored with one seed see the same tasks
-    (``cmlearn.paired`` gives their per-task difference with its 95% interval)."""
+    (``cmlearn.paired`` gives their per-task difference with its 95% interval). Example::
+
+        delta = cmlearn.paired(cmlearn.task_scores(cml, tasks), cmlearn.task_scores(maml, tasks))
+    """
     from cmlearn.evaluate import CHUNK, fixed_tasks, scores
 
     metric = tasks.metric

@@ -65,6 +65,8 @@ def split_model(module: nn.Module, head: str = "", example: Tensor | None = None
     - Any other module: the body is the module with the head replaced by ``nn.Identity``, so
       its ``forward`` must end with the head. Given an ``example`` input, this is checked:
       the split model must reproduce the module's output.
+
+    Example: ``cmlearn.split_model(my_cnn, head="classifier").head`` is the classifier.
     """
     if isinstance(module, BodyHead):
         return module
@@ -161,7 +163,8 @@ def _typed(kind: type, options: dict, what: str) -> dict:
 def inner_rule(algorithm: str = "maml", **options: Any) -> InnerRule:
     """The inner loop of ``algorithm`` (maml, fomaml, anil, boil, metasgd, mamlpp) with
     ``InnerRule`` fields as keywords (``steps``, ``lr``, ``first_order``, ``sam_rho``: Sharp-MAML's
-    inner radius, …); an unknown name or field is one line listing the choices."""
+    inner radius, …); an unknown name or field is one line listing the choices. Example:
+    ``cmlearn.inner_rule("anil", steps=5, lr=0.4)``."""
     if algorithm not in ALGORITHMS:
         raise CmlearnError(f"unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
     options = _typed(InnerRule, options, "the inner loop")

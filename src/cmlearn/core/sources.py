@@ -68,6 +68,8 @@ def class_dataset(
     shuffled by ``split_seed`` first, so the split is fixed by that seed), or a mapping from
     split name to the labels it holds. ``uint8`` examples are images, scaled to ``[0, 1]``
     when sampled as the built-in datasets are; floating-point ones are used as they are.
+    Example: a data function for ``cmlearn.fit`` may ``return cmlearn.class_dataset(X, y,
+    splits=(0.7, 0.1, 0.2))``.
     """
     x, y = labelled(data, labels)
     classes, y_ids = torch.unique(y, sorted=True, return_inverse=True)
@@ -157,7 +159,8 @@ class RegressionFamily:
     ``(x, y)`` or ``(x, y, info)``: ``x`` ``[n_tasks, n_points, *input_shape]``, ``y``
     ``[n_tasks, n_points, out_features]``, ``info`` ``[n_tasks, k]`` optional task
     descriptors. It must draw everything from ``gen`` (so the same seed gives the same tasks);
-    the first ``shots`` points of a task are its support set, the rest its query set."""
+    the first ``shots`` points of a task are its support set, the rest its query set.
+    Example: ``cmlearn.RegressionFamily(my_fn, input_shape=(2,), out_features=1)``."""
 
     fn: RegressionFunction
     input_shape: tuple[int, ...] = (1,)

@@ -74,6 +74,8 @@ def task_seed(stream: str, *keys: int) -> int:
 
 
 def generator(stream: str, *keys: int) -> torch.Generator:
+    """A fresh generator seeded by ``task_seed(stream, *keys)``: tasks drawn from it depend on
+    the stream and keys alone. Example: ``tasks.sample(4, generator("train", seed, step))``."""
     return torch.Generator().manual_seed(task_seed(stream, *keys))
 
 
