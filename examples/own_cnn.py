@@ -63,9 +63,11 @@ def shapes(classes: int = 60, per_class: int = 20, size: int = 16, seed: int = 0
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
+    parser.add_argument("--steps", type=int, help="meta-training steps (default: a full run)")
     parser.add_argument("--out", type=Path, default=Path("runs/own-cnn"))
     args = parser.parse_args()
     steps, tasks = (4, 20) if args.tiny else (1500, 600)
+    steps = args.steps or steps
     cfg = cmlearn.experiment(
         SmallCNN,
         shapes,

@@ -40,9 +40,11 @@ def mlp(hidden: int = 40) -> nn.Sequential:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
+    parser.add_argument("--steps", type=int, help="meta-training steps (default: a full run)")
     parser.add_argument("--out", type=Path, default=Path("runs/own-regression"))
     args = parser.parse_args()
     steps, tasks = (4, 20) if args.tiny else (3000, 600)
+    steps = args.steps or steps
     cfg = cmlearn.experiment(
         mlp,
         family,

@@ -304,6 +304,13 @@ def test_fit_writes_the_cli_run_folder_without_a_colearner_in_the_model(user_mod
         test_tasks=4,
     )
     assert again["steps"] == 6
+    straight = tmp_path / "straight"
+    cmlearn.fit(f"{user_module}:Net", f"{user_module}:data", straight, progress=False,
+                device="cpu", steps=6, colearner="cml", ways=3, shots=2, queries=3,
+                eval_queries=3, val_every=2, val_tasks=4, test_tasks=4)  # fmt: skip
+    resumed, whole = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (out, straight))
+    for key, value in whole["net"].items():  # exact resume: the same weights bit for bit
+        assert torch.equal(resumed["net"][key], value), key
 
 
 def test_fit_takes_a_whole_task_source_the_user_built(user_module, tmp_path):

@@ -20,6 +20,7 @@ import cmlearn.models  # noqa: F401  (registers the backbones and co-learner hea
 from cmlearn import CmlearnError
 from cmlearn.algorithms import ALGORITHMS, algorithm_rule
 from cmlearn.algorithms.rule import InnerRule
+from cmlearn.app import parts  # noqa: F401  (the user's own parts, named by import path)
 from cmlearn.cml import CO_MODES
 from cmlearn.engine import STRATEGIES
 from cmlearn.logs import SINKS

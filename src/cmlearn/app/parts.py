@@ -36,7 +36,7 @@ from cmlearn import CmlearnError
 from cmlearn.core.api import split_model
 from cmlearn.core.sources import as_data
 from cmlearn.models.cooperative import example_input
-from cmlearn.registry import SAMPLERS, Entry
+from cmlearn.registry import SAMPLERS, Entry, resolve_user_parts
 from cmlearn.tasks.sinusoid import SinusoidSource
 
 FILLED = {  # parameters cmlearn fills itself, per registry kind
@@ -218,3 +218,6 @@ def regression_source(family: Any, task: Any, device: torch.device) -> SinusoidS
 def user_source(data: Any, task: Any, device: torch.device) -> Any:
     """A task source the user built: used as it is (its own task sizes and device)."""
     return data.source
+
+
+resolve_user_parts(user_entry)
