@@ -216,8 +216,12 @@ def meta_learner(
 
     The result's ``meta_loss(batch)`` is the outer loss, ``evaluate(batch, "maml")`` adapts
     to test tasks (``"cml-dagger-code"``: CML†), ``functional()`` the pure form, and
-    ``meta_parameters()`` what an optimiser steps. BatchNorm: see this module's docstring.
-    Example::
+    ``meta_parameters()`` what an optimiser steps.
+
+    BatchNorm in training mode uses the batch's statistics in the inner loop and on the query
+    set (transductive, as MAML's code): build yours with ``track_running_stats=False``. With
+    running statistics it needs ``strategy="loop"``; put ``learner.net.eval()`` around your
+    own test-time ``evaluate`` to use them (``fit`` and ``cmlearn eval`` do). Example::
 
         tasks = cmlearn.few_shot(X, y, ways=5, shots=1)
         learner = cmlearn.meta_learner(MyCNN(), tasks, colearner="cml", gamma=0.5)

@@ -31,7 +31,8 @@ Splits = tuple[float, float, float] | Mapping[str, Sequence[int]]
 
 
 def labelled(data: Any, labels: Any = None) -> tuple[Tensor, Tensor]:
-    """``(X, y)`` from tensors (or arrays) or from a ``Dataset`` of ``(x, label)`` pairs."""
+    """``(X, y)`` from tensors (or arrays) or from a ``Dataset`` of ``(x, label)`` pairs (its
+    examples tensors or arrays: give an image dataset a to-tensor transform)."""
     if labels is None:
         if isinstance(data, tuple | list) and len(data) == 2:
             data, labels = data
