@@ -5,7 +5,8 @@ imported on first use (``Registry.get``) and becomes an entry like any other: it
 are the keyword parameters of ``Name``'s signature that have defaults (typed by their
 defaults, checked like every option), so a run's ``config.json`` names the part and its
 options, and ``cmlearn eval``, ``compare``, ``analyze`` and ``train --resume`` rebuild it
-from the folder. The module may also be a ``.py`` file (``path/to/script.py:Name``): a
+from the folder. The module is imported as Python would (the working directory is searched
+last, as ``python -m`` does); it may also be a ``.py`` file (``path/to/script.py:Name``): a
 script's own classes are recorded so (``import_path``). A part that cannot be imported is one
 line naming it.
 
@@ -24,6 +25,7 @@ import dataclasses
 import importlib
 import importlib.util
 import inspect
+import os
 import re
 import sys
 from pathlib import Path
@@ -55,7 +57,9 @@ def load_object(path: str) -> Any:
     try:
         if module_name.endswith(".py"):
             module = _load_file(Path(module_name))
-        else:
+        else:  # from the working directory too, as ``python -m`` would (the last place looked)
+            if os.getcwd() not in sys.path:
+                sys.path.append(os.getcwd())
             module = importlib.import_module(module_name)
         obj: Any = module
         for part in attr.split("."):
