@@ -109,6 +109,13 @@ def test_a_plain_module_and_a_sequential_are_split_and_probed():
     assert result["output"].shape == (4, 9, 3)
 
 
+def test_a_plain_module_given_to_the_internal_pairing_says_how_to_split_it():
+    from cmlearn.models import Cooperative
+
+    with pytest.raises(ValueError, match="not split into body and head: wrap it with"):
+        Cooperative(Net())
+
+
 def test_a_head_that_is_not_last_in_forward_is_one_line():
     class After(Net):
         def forward(self, x: Tensor) -> Tensor:

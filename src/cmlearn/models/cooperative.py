@@ -46,6 +46,11 @@ class Cooperative(nn.Module):
         self, model: BodyHead, colearner: nn.Module | None = None, point: str = ""
     ) -> None:
         super().__init__()
+        if not (hasattr(model, "body") and hasattr(model, "head")):
+            raise ValueError(
+                f"{type(model).__name__} is not split into body and head: wrap it with "
+                "cmlearn.split_model(module, head=…) (cmlearn.meta_learner does)"
+            )
         self.model = model
         self.colearner = colearner
         names = [name for name, _ in model.body.named_children()]
