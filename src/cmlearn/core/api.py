@@ -242,7 +242,7 @@ def meta_learner(
     rule = inner_rule(algorithm, steps=steps, lr=lr, sam_rho=rho_low, **inner)
     example, loss, out_features = _probe_input(tasks, loss, out_features)
     split = split_model(model, head, example)
-    if any(getattr(m, "per_step", False) for m in split.modules()) != rule.per_step_bn:
+    if rule.per_step_bn and not any(getattr(m, "per_step", False) for m in split.modules()):
         rule = dataclasses.replace(rule, per_step_bn=False)  # MAML++'s rows: cmlearn's layers
     try:
         phi = None
