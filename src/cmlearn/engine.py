@@ -414,7 +414,9 @@ class Learner:
         ``params`` are the module's parameters by name (``model.body.*``, ``model.head.*``,
         ``colearner.*``) plus learned inner step sizes as ``step_size.<name>`` (Meta-SGD,
         MAML++); ``buffers`` the modules' buffers (BatchNorm running statistics). Both are the
-        live tensors: detach or clone them for a copy.
+        live tensors: detach or clone them for a copy. ``torch.func.grad`` differentiates every
+        entry, the frozen co-learner of the ``random`` control too: step only the names of
+        ``meta_parameters()``.
 
         Why no per-task ``clone()``/``adapt()`` handle (learn2learn's): the inner loop adapts
         every task of a batch at once, on parameter dicts with a leading task dimension (a
