@@ -175,7 +175,9 @@ def test_cml_dagger_adapts_the_body_only_with_the_colearner_loss():
 
 
 def test_eval_mode_without_colearner_is_rejected():
-    with pytest.raises(ValueError, match="needs a co-learner"):
+    from cmlearn import CmlearnError
+
+    with pytest.raises(CmlearnError, match="needs a co-learner"):
         make_learner(mode="none").evaluate(sinusoid_batch(), "cml-dagger")
 
 

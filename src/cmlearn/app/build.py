@@ -12,11 +12,13 @@ from cmlearn.app.config import Config
 from cmlearn.app.runtime import Runtime
 from cmlearn.core.cml import CoLearnerSpec
 from cmlearn.core.engine import Learner
+from cmlearn.core.engine import resolve_strategy as engine_strategy
 from cmlearn.core.errors import CmlearnError
 from cmlearn.core.models import Cooperative
+from cmlearn.core.models.cooperative import example_input, feature_shape
 from cmlearn.core.registry import COLEARNERS, DATASETS, MODELS, SAMPLERS
 from cmlearn.core.tasks import TaskSource, generator
-from cmlearn.core.tasks.batch import task_seed
+from cmlearn.core.tasks.batch import seeded as _seeded
 
 
 def build_source(cfg: Config, runtime: Runtime | None = None) -> TaskSource:
@@ -41,14 +43,7 @@ def build_learner(cfg: Config, source: TaskSource, device: torch.device | None =
             model = MODELS.get(cfg.model.name).build(cfg.model.options, source, rows)
         colearner = None
         if spec.active:
-            probe = Cooperative(model, None, cfg.colearner.point)
-            # a real input, on the CPU where the model is built (the pool may be on the GPU)
-            example = source.sample(1, generator("val", 0), "val").support_x[0].cpu()
-            was = model.training
-            model.eval()  # no running statistics touched by the probe
-            with torch.no_grad():
-                shape = tuple(probe.features(example).shape[1:])
-            model.train(was)
+            shape = feature_shape(model, cfg.colearner.point, example_input(source))
             with _seeded("colearner", cfg.train.seed):
                 head = cfg.colearner.head
                 colearner = COLEARNERS.get(head.name).build(
@@ -80,39 +75,9 @@ def build_learner(cfg: Config, source: TaskSource, device: torch.device | None =
     return learner
 
 
-class _seeded:
-    """Seed torch's global generator for a block (layer initialisers draw from it)."""
-
-    def __init__(self, stream: str, seed: int) -> None:
-        self.seed = task_seed(stream, seed)
-
-    def __enter__(self) -> None:
-        self.state = torch.get_rng_state()
-        torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_rng_state(self.state)
-
-
 def resolve_strategy(cfg: Config, net: Cooperative) -> str:
-    """``auto`` picks the measured winner: batched for MLPs, loop for conv nets on CPU."""
-    strategy = cfg.train.strategy
-    if strategy == "auto":
-        strategy = "batched" if net.task_batched else "loop"
-    if strategy == "batched" and not net.task_batched:
-        raise CmlearnError(
-            "train.strategy=batched needs a model whose every layer takes per-task parameters "
-            "(an MLP and its co-learner); use loop or vmap"
-        )
-    if strategy == "vmap" and not net.model.vmappable:
-        raise CmlearnError(
-            f"train.strategy=vmap cannot run {type(net.model).__name__}: its forward reads the "
-            "task's node ids on the host; use loop"
-        )
-    tracks = any(getattr(m, "track_running_stats", False) for m in net.modules())
-    if tracks and strategy != "loop":
-        raise CmlearnError("BatchNorm running statistics need train.strategy=loop")
-    return strategy
+    """``cfg.train.strategy`` resolved for ``net`` by ``engine.resolve_strategy``."""
+    return engine_strategy(cfg.train.strategy, net)
 
 
 __all__ = ["build_learner", "build_source", "generator", "resolve_strategy"]

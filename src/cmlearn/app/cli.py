@@ -81,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset")
     tr.add_argument("--algorithm", choices=list(ALGORITHMS))
     tr.add_argument("--colearner", choices=list(CO_MODES))
+    tr.add_argument("--model", help="your model by import path, e.g. pkg.mod:Net (model.name)")
+    tr.add_argument("--data", help="your data by import path, e.g. pkg.mod:load (data.name)")
     tr.add_argument("--steps", type=_integer)
     tr.add_argument("--seed", type=_integer)
     tr.add_argument("--out", type=_folder)
@@ -112,6 +114,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FOLDER",
         help="instead of --preset: pair the METHOD-sSEED runs already in these folders "
         "(e.g. an old study and one that adds seeds); nothing is trained",
+    )
+    cp.add_argument(
+        "--like",
+        dest="like_run",
+        type=Path,
+        metavar="RUN",
+        help="instead of --preset: train with this run folder's configuration as the base "
+        "(e.g. a run of your own model and data written by cmlearn.fit)",
     )
     cp.add_argument("--methods", required=True, help="e.g. maml,cml,anil,anil+cml")
     cp.add_argument("--seeds", help="e.g. 0,1,2 (default: 0; with --from, every common seed)")
@@ -171,12 +181,22 @@ def _positive(name: str, value: int | None) -> None:
         raise CmlearnError(f"{name} must be positive (got {value})")
 
 
-def _preset_config(name: str, steps: int | None, tasks: int | None, overrides: list[str]) -> Config:
-    from cmlearn.app.config import get_preset
+def _preset_config(
+    name: str | None,
+    steps: int | None,
+    tasks: int | None,
+    overrides: list[str],
+    base: bool = False,
+    run: Path | None = None,
+) -> Config:
+    """Preset ``name``'s configuration (or the defaults with ``base``, or run folder
+    ``run``'s) with ``--steps``, ``--tasks`` and the ``--set`` overrides applied."""
+    from cmlearn.app.config import Config, get_preset
+    from cmlearn.app.runs import read_config
 
     _positive("--steps", steps)
     _positive("--tasks", tasks)
-    cfg = get_preset(name)
+    cfg = read_config(run) if run is not None else Config() if base else get_preset(name)
     typed = [("train.steps", steps)] if steps is not None else []
     typed += [("eval.tasks", tasks)] if tasks is not None else []
     return cfg.apply(typed).override(overrides)
@@ -196,6 +216,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 ("--algorithm", args.algorithm),
                 ("--colearner", args.colearner),
                 ("--seed", args.seed),
+                ("--model", args.model),
+                ("--data", args.data),
             )
             if value is not None
         ]
@@ -209,16 +231,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = cfg.apply([("train.steps", args.steps)] if args.steps else [])
         cfg = cfg.apply([("train.log", args.log)] if args.log else [])  # may change on resume
     else:
-        if args.preset is None:
-            raise CmlearnError("train needs --preset NAME (or --out RUN_DIR --resume)")
-        cfg = _preset_config(args.preset, args.steps, None, [])
+        if args.preset is None and args.data is None:
+            raise CmlearnError(
+                "train needs --preset NAME or --data PKG.MOD:NAME (or --out RUN_DIR --resume)"
+            )
+        cfg = _preset_config(args.preset, args.steps, None, [], base=args.preset is None)
         typed = [("algorithm", args.algorithm)] if args.algorithm else []
+        typed += [("data.name", args.data)] if args.data else []
+        typed += [("model.name", args.model)] if args.model else []
         typed += [("colearner.mode", args.colearner)] if args.colearner else []
         typed += [("train.seed", args.seed)] if args.seed is not None else []
         typed += [("train.log", args.log)] if args.log else []
         cfg = cfg.apply(typed).override(args.overrides)
     out = args.out or Path("runs") / (
-        f"{cfg.preset}-{cfg.algorithm}-{cfg.colearner.mode}-s{cfg.train.seed}"
+        f"{cfg.preset or 'run'}-{cfg.algorithm}-{cfg.colearner.mode}-s{cfg.train.seed}"
     )
     runtime = _runtime(args)
     if args.nproc is not None:
@@ -263,7 +289,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     source = build_source(read_config(args.run), runtime)  # once: load_run reuses it
     cfg, learner = load_run(args.run, runtime=runtime, source=source)
     n = args.tasks or cfg.eval.tasks
-    if args.mode != "cml" and learner.net.colearner is None:
+    if n < 2:
+        raise CmlearnError("--tasks must be at least 2 for a confidence interval")
+    if args.mode not in ("cml", "maml") and learner.net.colearner is None:
         raise CmlearnError(f"--mode {args.mode} needs a run trained with a co-learner")
     tasks = fixed_tasks(source, n, cfg.eval.seed, "test")
     spec = EvalSpec.of(cfg, source.metric, args.mode, args.steps or 0)
@@ -292,8 +320,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    if (args.preset is None) == (args.folders is None):
-        raise CmlearnError("compare needs --preset (train) or --from FOLDER... (pair), not both")
+    given = [args.preset is not None, args.folders is not None, args.like_run is not None]
+    if sum(given) != 1:
+        raise CmlearnError(
+            "compare needs --preset (train) or --from FOLDER... (pair), or --like RUN (train "
+            "with that run's settings): exactly one"
+        )
     seeds = None
     if args.seeds is not None or args.folders is None:
         try:
@@ -306,8 +338,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise CmlearnError("--seeds is empty")
     if args.folders is not None:
         return _compare_folders(args, seeds)
-    cfg = _preset_config(args.preset, args.steps, args.tasks, args.overrides)
-    out = args.out or Path("runs") / f"compare-{args.preset}"
+    cfg = _preset_config(args.preset, args.steps, args.tasks, args.overrides, run=args.like_run)
+    out = args.out or Path("runs") / f"compare-{args.preset or args.like_run.name}"
     return _compare_and_report(
         cfg, args.methods.split(","), seeds, out, args.quiet, args.json, _runtime(args), args.dagger
     )

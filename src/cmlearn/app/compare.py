@@ -419,7 +419,8 @@ def format_table(report: dict) -> str:
         return _format_tlp(report)
     first = report["summary"][0]["method"]
     lines = [
-        f"preset {report['preset']}: test {metric}, {report['n_tasks']} tasks (eval seed "
+        f"{'preset ' + report['preset'] if report['preset'] else 'your runs'}: test {metric}, "
+        f"{report['n_tasks']} tasks (eval seed "
         f"{report['eval_seed']}), seeds {report['seeds']}. ± = 95% CI over tasks, "
         "[±] = 95% CI over seed means",
         f"{'method':<14}{metric:>28}{'Δ vs ' + first + ' (paired)':>30}"

@@ -15,8 +15,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import cmlearn.app.data  # noqa: F401  (registers the datasets)
-import cmlearn.core.models  # noqa: F401  (registers the backbones and co-learner heads)
+import cmlearn.app.data  # noqa: F401  (registers the datasets)  # noqa: F401  (registers the datasets)
+import cmlearn.core.models  # noqa: F401  (registers the backbones and co-learner heads)  # noqa: F401  (registers the backbones and co-learner heads)
+from cmlearn.app import parts  # noqa: F401  (the user's own parts, named by import path)
 from cmlearn.app.logs import SINKS
 from cmlearn.app.presets import PRESETS
 from cmlearn.core.algorithms import ALGORITHMS, algorithm_rule

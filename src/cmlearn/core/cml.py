@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CO_MODES = ("none", "cml", "random", "cl")
-EVAL_MODES = ("cml", "cml-dagger", "cml-dagger-code", "cml-dagger-unadapted")
+EVAL_MODES = ("cml", "maml", "cml-dagger", "cml-dagger-code", "cml-dagger-unadapted")
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ EVAL_PLANS = {
     # Eq. 8: adapt (ψ, θ) with the meta-learner's loss; predict with the meta-learner.
     # The co-learner is not used: this is exactly MAML's inference.
     "cml": EvalPlan("meta", False, "meta"),
+    # The same plan by its other name: a MAML run (co-learner ``none``) is scored this way.
+    "maml": EvalPlan("meta", False, "meta"),
     # Eq. 9 (CML†, paper): adapt ψ only with the co-learner's support loss; predict f^c(ψ', ϕ).
     "cml-dagger": EvalPlan("co", True, "co"),
     # CML† as the official test_cml.py does it: adapt (ψ, θ) with the meta-learner's loss,

@@ -91,12 +91,38 @@ def forward_tasks(
     return tuple(torch.stack(o) for o in zip(*outs, strict=True))
 
 
+def resolve_strategy(strategy: str, net: Cooperative) -> str:
+    """The one place a strategy name is checked and ``auto`` resolved (the builder, the public
+    API and ``Learner.create`` all call it): ``auto`` picks the measured winner, batched for
+    MLPs, loop otherwise (conv nets on CPU). A strategy ``net`` cannot run is one clear line."""
+    if strategy not in STRATEGIES:
+        raise CmlearnError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+    if strategy == "auto":
+        strategy = "batched" if net.task_batched else "loop"
+    if strategy == "batched" and not net.task_batched:
+        raise CmlearnError(
+            "strategy 'batched' (train.strategy) needs a model whose every layer takes per-task "
+            "parameters (cmlearn's MLP and its co-learner); use loop or vmap"
+        )
+    if strategy == "vmap" and not net.model.vmappable:
+        raise CmlearnError(
+            f"strategy 'vmap' (train.strategy) cannot run {type(net.model).__name__}: its "
+            "forward reads the task's node ids on the host; use loop"
+        )
+    tracks = any(getattr(m, "track_running_stats", False) for m in net.modules())
+    if tracks and strategy != "loop":
+        raise CmlearnError(
+            f"BatchNorm running statistics need strategy 'loop' (train.strategy), not {strategy!r}"
+        )
+    return strategy
+
+
 def task_losses(out: Tensor, y: Tensor, loss: str) -> Tensor:
     """Mean loss of each task, shape ``[T]``."""
     if loss == "mse":  # one fused op and one backward op (sub, square, flatten took three each)
         return F.mse_loss(out, y, reduction="none").mean(tuple(range(1, out.dim())))
-    if loss == "ce":
-        per = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
+    if loss == "ce":  # labels of any integer dtype (cross_entropy takes int64 class indices)
+        per = F.cross_entropy(out.flatten(0, 1), y.flatten().long(), reduction="none")
         return per.view(y.shape[0], -1).mean(1)
     raise ValueError(f"unknown loss {loss!r}; choose from {LOSSES}")
 
@@ -116,6 +142,10 @@ class Learner:
     ``net`` holds ψ, θ and (optionally) ϕ; ``step_sizes`` the inner step sizes (learned ones
     are leaves with ``requires_grad``). ``pure`` runs ``net`` as a pure function of its
     parameters where it has one (the same results, faster); False forces ``functional_call``.
+
+    Built by ``cmlearn.meta_learner`` (your module) or from a run's config; used through
+    ``meta_loss``, ``evaluate``, ``functional``, ``meta_parameters``, ``inference_model``
+    and the resolved ``strategy``.
     """
 
     net: Cooperative
@@ -172,7 +202,7 @@ class Learner:
             rule,
             co,
             loss,
-            strategy,
+            resolve_strategy(strategy, net),
             frozenset(per_step),
             frozenset(bn),
             frozenset(buffers),
@@ -305,15 +335,23 @@ class Learner:
     ) -> dict:
         """Adapt to each test task and score its query set; per-task tensors ``[T]``.
 
-        ``mode`` is one of ``cml`` (the meta-learner alone: MAML's inference), ``cml-dagger``
+        Returns ``loss`` (each task's mean query loss, ``[T]``), ``accuracy`` (classification:
+        each task's query accuracy, ``[T]``) and, with ``return_outputs``, ``output`` (the
+        predicting head's query outputs, ``[T, n_query, out]``).
+
+        ``mode`` is one of ``cml`` or its alias ``maml`` (the meta-learner alone: MAML's
+        inference, the only mode of a learner without a co-learner), ``cml-dagger``
         (paper Eq. 9), ``cml-dagger-code`` (the official code's CML†) or
         ``cml-dagger-unadapted``; see ``cml.py``. A CL run adapts ϕ too, as in its training, so
         ``cml`` gives CL⋆, ``cml-dagger-code`` CL† and ``cml-dagger-unadapted`` Table 4's
         "CL† w/o adaptation".
         """
-        plan = eval_plan(mode)
+        try:
+            plan = eval_plan(mode)
+        except ValueError as err:
+            raise CmlearnError(str(err)) from None
         if "co" in (plan.adapt_head, plan.predict_head) and self.net.colearner is None:
-            raise ValueError(f"evaluation mode {mode!r} needs a co-learner; this run has none")
+            raise CmlearnError(f"evaluation mode {mode!r} needs a co-learner; this one has none")
         T = batch.n_tasks
         if plan.body_only:  # Eq. 9: ψ ← ψ − α ∇ψ L(f^c; S), with the base α
             own = self.params(adapted_colearner=False)
@@ -350,3 +388,93 @@ class Learner:
             if return_outputs:
                 result["output"] = out
         return result
+
+    # The public face of the learner (``cmlearn.meta_learner`` builds one): the two idioms of
+    # the learn2learn and torch.func worlds over the same meta-objective.
+
+    def meta_loss(self, batch: TaskBatch, progress: Stage | float = 0.0) -> tuple[Tensor, dict]:
+        """The batched idiom: ``loss, terms = learner.meta_loss(batch)``, then
+        ``loss.backward()`` and your optimiser's step (``meta_parameters()``).
+
+        ``loss`` is the outer loss averaged over the batch's tasks (for CML: meta-learner +
+        γ · co-learner query losses); ``terms`` holds per-task ``[T]`` tensors: ``meta`` and
+        ``co`` query losses and ``accuracy`` for classification. Example::
+
+            loss, terms = learner.meta_loss(tasks.sample(4, cmlearn.generator("train", 0, step)))
+            loss.backward(); optimizer.step(); optimizer.zero_grad()
+        """
+        return self.meta_objective(batch, progress)
+
+    def functional(self) -> tuple[Callable[..., Tensor], Params, Params]:
+        """The functional idiom: ``f, params, buffers = learner.functional()`` with
+        ``loss = f(params, buffers, batch)`` a pure function of its arguments, for your own
+        ``torch.func`` code (``torch.func.grad(f)(params, buffers, batch)`` gives the same
+        gradients as ``meta_loss(batch)[0].backward()``; tested).
+
+        ``params`` are the module's parameters by name (``model.body.*``, ``model.head.*``,
+        ``colearner.*``) plus learned inner step sizes as ``step_size.<name>`` (Meta-SGD,
+        MAML++); ``buffers`` the modules' buffers (BatchNorm running statistics). Both are the
+        live tensors: detach or clone them for a copy. ``torch.func.grad`` differentiates every
+        entry, the frozen co-learner of the ``random`` control too: step only the names of
+        ``meta_parameters()``.
+
+        Why no per-task ``clone()``/``adapt()`` handle (learn2learn's): the inner loop adapts
+        every task of a batch at once, on parameter dicts with a leading task dimension (a
+        free view), so a per-task module copy would undo what makes a step fast; ``f`` and
+        ``meta_loss`` take a batch of one task where a single task is wanted.
+        """
+        holder = _Objective(self)
+        params: Params = dict(self.net.named_parameters())
+        params |= {STEP_SIZE + k: v for k, v in self.step_sizes.items() if v.requires_grad}
+        buffers: Params = dict(self.net.named_buffers())
+
+        def f(
+            params: Params, buffers: Params, batch: TaskBatch, progress: Stage | float = 0.0
+        ) -> Tensor:
+            sizes = {k[len(STEP_SIZE) :]: v for k, v in params.items() if k.startswith(STEP_SIZE)}
+            # the inner loop differentiates the loss w.r.t. the parameters: a plain tensor
+            # (a call outside any transform) becomes a leaf that can be differentiated
+            state = {
+                f"net.{k}": v if v.requires_grad else v.detach().requires_grad_()
+                for k, v in params.items()
+                if not k.startswith(STEP_SIZE)
+            }
+            state |= {f"net.{k}": v for k, v in buffers.items()}
+            saved = self.step_sizes
+            self.step_sizes = saved | sizes
+            try:
+                return functional_call(holder, state, (batch, progress))
+            finally:
+                self.step_sizes = saved
+
+        return f, params, buffers
+
+    def meta_parameters(self) -> list[Tensor]:
+        """What the meta-optimiser steps: ψ, θ, learned step sizes, and ϕ when it is trained
+        (``cml``, ``cl``; the ``random`` control's ϕ stays frozen)."""
+        learned = [s for s in self.step_sizes.values() if s.requires_grad]
+        co = list(self.net.colearner.parameters()) if self.co.trained else []
+        return [*self.net.model.parameters(), *learned, *co]
+
+    @property
+    def inference_model(self) -> nn.Module:
+        """The network a trained learner predicts with: body and head, no co-learner (at test
+        time CML's network is exactly MAML's). ``inference_model(x)`` is your module's output
+        (before adaptation; ``evaluate`` adapts to a task first)."""
+        return self.net.model
+
+
+STEP_SIZE = "step_size."  # the prefix of learned inner step sizes in ``functional``'s params
+
+
+class _Objective(nn.Module):
+    """``learner.meta_objective``'s loss as a module's forward, with the learner's network as
+    its one submodule ``net``: ``functional_call`` then swaps given tensors into it."""
+
+    def __init__(self, learner: Learner) -> None:
+        super().__init__()
+        self.net = learner.net
+        object.__setattr__(self, "learner", learner)  # not a submodule
+
+    def forward(self, batch: TaskBatch, progress: Stage | float) -> Tensor:
+        return self.learner.meta_objective(batch, progress)[0]

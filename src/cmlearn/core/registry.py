@@ -2,7 +2,9 @@
 
 Each entry registers itself in the module that defines it, with an options dataclass whose
 ``__post_init__`` validates its own fields: an invalid option cannot be constructed, so it is
-checked once, where the entry lives. ``build.py`` only looks names up and assembles.
+checked once, where the entry lives. ``build.py`` only looks names up and assembles. A name
+``package.module:Name`` that is not registered is the user's own part, imported on first use
+(``cmlearn.app.parts`` installs the importer with ``resolve_user_parts``).
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class Registry:
         return add
 
     def get(self, name: str) -> Entry:
+        if name not in self.entries and ":" in name and _user_parts:  # package.module:Name
+            self.entries[name] = _user_parts[0](self.kind, name)
         if name not in self.entries:
             raise CmlearnError(
                 f"unknown {self.kind} {name!r}; choose from {', '.join(sorted(self.entries))}"
@@ -73,6 +77,15 @@ class Registry:
             return cls(**typed)
         except (TypeError, ValueError) as err:
             raise CmlearnError(f"{self.kind} {name!r}: {err}") from None
+
+
+_user_parts: list[Callable[[str, str], Entry]] = []  # the importer of a user's parts, once set
+
+
+def resolve_user_parts(make_entry: Callable[[str, str], Entry]) -> None:
+    """Name the user's parts by import path: ``make_entry(kind, "pkg.mod:Name")`` builds the
+    entry of a name no module registered (set once, by ``cmlearn.app.parts``)."""
+    _user_parts[:] = [make_entry]
 
 
 DATASETS = Registry("dataset")  # name -> a data object (a pool of classes, a task family)

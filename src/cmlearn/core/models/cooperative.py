@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -45,6 +46,11 @@ class Cooperative(nn.Module):
         self, model: BodyHead, colearner: nn.Module | None = None, point: str = ""
     ) -> None:
         super().__init__()
+        if not (hasattr(model, "body") and hasattr(model, "head")):
+            raise ValueError(
+                f"{type(model).__name__} is not split into body and head: wrap it with "
+                "cmlearn.split_model(module, head=…) (cmlearn.meta_learner does)"
+            )
         self.model = model
         self.colearner = colearner
         names = [name for name, _ in model.body.named_children()]
@@ -125,6 +131,28 @@ class Cooperative(nn.Module):
             return tuple(out[h] for h in heads)
 
         return forward
+
+
+def example_input(source) -> Tensor:
+    """One real support set of ``source`` (``TaskSource``), on the CPU where models are built
+    (the pool may be on the GPU): the input a probe runs."""
+    from cmlearn.core.tasks.batch import generator
+
+    return source.sample(1, generator("val", 0), "val").support_x[0].cpu()
+
+
+def feature_shape(model: BodyHead, point: str, example: Tensor) -> tuple[int, ...]:
+    """The shape (without the batch dimension) of ``model``'s body activation at ``point`` on
+    ``example``: what a co-learner there reads. Run in eval mode, so no running statistics
+    are touched, and the mode is restored."""
+    probe = Cooperative(model, None, point)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return tuple(probe.features(example).shape[1:])
+    finally:
+        model.train(was)
 
 
 def parameter_counts(net: Cooperative) -> dict[str, int]:

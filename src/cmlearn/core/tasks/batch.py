@@ -74,7 +74,24 @@ def task_seed(stream: str, *keys: int) -> int:
 
 
 def generator(stream: str, *keys: int) -> torch.Generator:
+    """A fresh generator seeded by ``task_seed(stream, *keys)``: tasks drawn from it depend on
+    the stream and keys alone. Example: ``tasks.sample(4, generator("train", seed, step))``."""
     return torch.Generator().manual_seed(task_seed(stream, *keys))
+
+
+class seeded:
+    """Seed torch's global generator from ``(stream, seed)`` for a block (layer initialisers
+    draw from it), and restore its state after: building a model leaves no trace."""
+
+    def __init__(self, stream: str, seed: int) -> None:
+        self.seed = task_seed(stream, seed)
+
+    def __enter__(self) -> None:
+        self.state = torch.get_rng_state()
+        torch.manual_seed(self.seed)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_rng_state(self.state)
 
 
 class TaskSource(Protocol):

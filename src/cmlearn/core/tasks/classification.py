@@ -5,7 +5,8 @@ task (a random permutation of the split's classes, so labels are in random order
 turn per class where the split asks for per-task rotation, and ``K + Q`` distinct examples
 per class. The pool is gathered with one index, rotated in at most three masked ``rot90``
 calls, and scaled to ``[0, 1]`` floats on the pool's device (then normalised per channel
-where the dataset carries a mean and std).
+where the dataset carries a mean and std); a float pool (the user's own tensors) is taken as
+it is.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class ClassificationSource:
         index = pool.offsets[ids][..., None] + picks  # [T, N, K+Q]
         x = pool.images[index.to(pool.images.device)]  # [T, N, K+Q, C, H, W] uint8
         x = rotate(x, turns.to(x.device))
-        x = x.float().div_(255.0)
+        if x.dtype == torch.uint8:  # image pools: bytes to [0, 1]; a float pool is used as is
+            x = x.float().div_(255.0)
         if self.dataset.mean is not None and self.dataset.std is not None:
             x = normalize(x, self.dataset.mean, self.dataset.std)
         labels = torch.arange(n, device=x.device)

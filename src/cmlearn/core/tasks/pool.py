@@ -11,7 +11,8 @@ from torch import Tensor
 @dataclass(frozen=True)
 class ClassPool:
     """Examples of every class stored back to back: class ``c`` owns rows
-    ``offsets[c] : offsets[c] + counts[c]`` of ``images`` (uint8, ``[n, C, H, W]``)."""
+    ``offsets[c] : offsets[c] + counts[c]`` of ``images`` (uint8 ``[n, C, H, W]``, scaled to
+    ``[0, 1]`` when sampled; or floating point of any example shape, used as it is)."""
 
     images: Tensor
     offsets: Tensor
