@@ -195,7 +195,7 @@ def test_a_one_layer_cosine_figure_is_as_wide_as_the_others(tmp_path):
 def test_learning_curve_ticks_do_not_collide_and_the_log_axis_is_labelled(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
-    from cmlearn import plots
+    from cmlearn.app import plots
 
     run = tmp_path / "r"
     run.mkdir()
@@ -213,3 +213,41 @@ def test_learning_curve_ticks_do_not_collide_and_the_log_axis_is_labelled(tmp_pa
         assert 3 <= len(xs) <= 7 and all(x.endswith("k") for x in xs), xs
         assert len(ys) >= 3, ys  # 1.5-3 on a log axis showed only "2×10⁰"
     plt.close(fig)
+
+
+def test_position_shares_see_what_the_meta_head_never_reads() -> None:
+    """At 28 px the meta head's 2×2 pool reads the top-left 2×2 of the 3×3 map: the meta-term's
+    share there is exactly 1 and the other five positions get nothing; a Conv(2)+FC co-learner
+    reads all nine. At 32 px (a 4×4 map) every position gets meta gradient."""
+    from cmlearn.app.analysis.positions import position_shares
+    from cmlearn.core.algorithms import InnerRule
+    from cmlearn.core.cml import CoLearnerSpec
+    from cmlearn.core.engine import Learner
+    from cmlearn.core.models import ConvNet, Cooperative, build_colearner
+    from cmlearn.core.tasks import TaskBatch
+
+    def batch(size: int) -> TaskBatch:
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(2, 10, 1, size, size, generator=g)
+        y = torch.arange(5).repeat(2).expand(2, 10)  # 1 shot, 1 query per class
+        return TaskBatch(x[:, :5], y[:, :5], x[:, 5:], y[:, 5:])
+
+    for size, side in ((28, 3), (32, 4)):
+        torch.manual_seed(0)
+        model = ConvNet(1, 5, size, channels=8)
+        net = Cooperative(model, build_colearner((8, side, side), 5))
+        rule, spec = InnerRule(steps=1, lr=0.4), CoLearnerSpec("cml", 1.0)
+        learner = Learner.create(net, rule, spec, "ce", "loop")
+        found = position_shares(learner, [batch(size)])
+        meta, co = torch.tensor(found["meta"]), torch.tensor(found["co"])
+        assert found["shape"] == [side, side] and found["tasks"] == 2
+        assert meta.sum().item() == pytest.approx(1) and co.sum().item() == pytest.approx(1)
+        assert (co > 0).all()
+        if side == 3:
+            assert meta[:2, :2].sum().item() == pytest.approx(1)
+            assert (meta[2, :] == 0).all() and (meta[:, 2] == 0).all()
+            unread = co[2, :].sum() + co[:2, 2].sum()
+            assert found["co_share_where_meta_is_zero"] == pytest.approx(unread.item())
+            assert 0 < found["co_share_where_meta_is_zero"] < 1
+        else:
+            assert (meta > 0).all() and found["co_share_where_meta_is_zero"] == 0

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cmlearn.app.analysis import figures
+from cmlearn.app.analysis.positions import position_shares
 from cmlearn.app.analysis.records import (
     Run,
     expand_runs,
@@ -30,9 +31,10 @@ from cmlearn.app.runs import METRICS, MODEL, load_run
 from cmlearn.app.runtime import Runtime
 from cmlearn.core.engine import Learner
 from cmlearn.core.errors import CmlearnError
-from cmlearn.core.tasks import TaskBatch, TaskSource
+from cmlearn.core.tasks import TaskBatch, TaskSource, generator
 
 DEFAULT_TASKS = 100
+POSITION_TASKS = 64  # meta-training tasks for the gradient's position shares (``positions``)
 TSNE_TASKS = 3
 FIGURES: dict[str, tuple[str, Callable[[list[dict], Path], Path | None]]] = {
     "fig3a": ("fig3a_validation.png", figures.validation_figure),
@@ -109,6 +111,11 @@ def _analyse_run(
     if key not in sources:
         sources[key] = build_source(cfg, runtime)
     source = sources[key]
+    if learner.strategy == "loop" and source.metric == "accuracy":
+        # training-distribution tasks (the "analysis" stream), the run's meta-batch size
+        count = max(1, POSITION_TASKS // cfg.task.meta_batch)
+        drawn = [source.sample(cfg.task.meta_batch, generator("analysis", i)) for i in range(count)]
+        result["positions"] = position_shares(learner, drawn)
     test = batches(fixed_tasks(source, n_tasks, cfg.eval.seed, "test"), 1)
     cka, kept = _cka(learner, test, cfg.eval_steps, tsne_tasks if tsne else 0)
     result["cka"] = cka | {"eval_seed": cfg.eval.seed}
