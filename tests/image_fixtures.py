@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 SPLITS = ("train", "val", "test")
-PACKAGED = Path(__file__).resolve().parents[1] / "src" / "cmlearn" / "data" / "splits"
+PACKAGED = Path(__file__).resolve().parents[1] / "src" / "cmlearn" / "app" / "data" / "splits"
 
 # CIFAR-100's 20 superclasses and their fine classes (meta's names; both lists sorted there).
 CIFAR100 = {

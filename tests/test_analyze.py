@@ -17,7 +17,7 @@ from cmlearn.app.analysis.representations import task_activations
 from cmlearn.app.cli import main
 from cmlearn.app.config import Config
 from cmlearn.app.train import train
-from tests.conftest import make_learner, sinusoid_batch
+from tests.conftest import make_learner, needs_omniglot, sinusoid_batch
 
 FIGURES = (
     "fig3a_validation.png",
@@ -251,3 +251,19 @@ def test_position_shares_see_what_the_meta_head_never_reads() -> None:
             assert 0 < found["co_share_where_meta_is_zero"] < 1
         else:
             assert (meta > 0).all() and found["co_share_where_meta_is_zero"] == 0
+
+
+@needs_omniglot
+def test_analyze_an_omniglot_run_says_where_each_term_enters_the_3x3_map(tmp_path):
+    """End to end on the real preset (two steps): at 28 px the meta head reads the top-left
+    2×2 of conv4's 3×3 map, the Conv(2)+FC co-learner all nine positions."""
+    run = tmp_path / "cml"
+    small = ["--set", "train.val_tasks=2", "--set", "task.meta_batch=2"]
+    assert main(["train", "--preset", "omniglot-5w1s-cpu", "--colearner", "cml", "--steps", "2",
+                 "--out", str(run), "--quiet", *small]) == 0  # fmt: skip
+    assert main(["analyze", str(run), "--tasks", "2", "--out", str(tmp_path / "an")]) == 0
+    found = json.loads((tmp_path / "an" / "analysis.json").read_text())["runs"][0]["positions"]
+    meta, co = torch.tensor(found["meta"]), torch.tensor(found["co"])
+    assert found["shape"] == [3, 3] and found["tasks"] == 64
+    assert meta[:2, :2].sum().item() == pytest.approx(1) and (meta[2] == 0).all()
+    assert (co > 0).all() and 0 < found["co_share_where_meta_is_zero"] < 1

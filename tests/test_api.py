@@ -178,6 +178,15 @@ def test_labels_of_any_integer_dtype_work(dtype):
     assert torch.equal(learner.meta_loss(own)[0], learner.meta_loss(b)[0])
     with pytest.raises(CmlearnError, match="labels must be integers"):
         cmlearn.few_shot(images()[0], images()[1].float())
+    # a batch the user builds: float labels and labels past the ways are one line, not a loss
+    floats = type(b)(b.support_x, b.support_y.float() + 0.7, b.query_x, b.query_y.float() + 0.7)
+    with pytest.raises(CmlearnError, match="labels must be integers, not torch.float32"):
+        learner.meta_loss(floats)
+    with pytest.raises(CmlearnError, match="labels must be integers"):
+        learner.evaluate(floats, "maml")
+    past = type(b)(b.support_x, b.support_y + 3, b.query_x, b.query_y)
+    with pytest.raises(CmlearnError, match=r"class indices in \[0, 3\)"):
+        learner.meta_loss(past)
 
 
 def test_the_user_sampler_gives_the_same_tasks_for_the_same_seed_and_disjoint_splits():
@@ -349,6 +358,15 @@ def test_the_shell_trains_and_evaluates_parts_named_by_import_path(user_module, 
     assert main(args) == 0
     assert main(["eval", str(out), "--tasks", "4", "--mode", "maml"]) == 0
     assert "[maml]: test accuracy" in capsys.readouterr().out
+    # the shell's defaults are fit's (15 test queries per class, not the sinusoid's 100)
+    from cmlearn.app.runs import read_config
+
+    shell = read_config(out).to_dict()
+    own = cmlearn.experiment(f"{user_module}:Net", f"{user_module}:data", steps=2).to_dict()
+    assert shell["task"]["eval_queries"] == 3 and own["task"]["eval_queries"] == 15
+    for section in ("train", "eval", "inner"):
+        differ = {k for k in own[section] if own[section][k] != shell[section][k]}
+        assert differ <= {"val_tasks", "log"}, (section, differ)
     assert main(["train", "--data", "nosuch_h18_mod:data", "--steps", "1"]) != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("cmlearn:") and "cannot import nosuch_h18_mod:data" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -541,3 +542,18 @@ def test_a_closed_pipe_is_not_a_traceback():
         text=True, timeout=300,
     )  # fmt: skip
     assert result.stdout.startswith("sinusoid regression") and result.stderr == ""
+
+
+def test_a_run_without_a_colearner_pairs_whatever_its_colearner_settings():
+    """MAML trained with γ = 0.2 (the default) and CML with γ = 0.5 are one study; two CML
+    runs with different γ are not."""
+    from cmlearn.app.compare import _same_study
+    from cmlearn.app.config import get_preset
+
+    base = get_preset("sinusoid-5shot-cpu")
+    maml = base.apply([("colearner.mode", "none"), ("colearner.gamma", 0.2)])
+    cml = base.apply([("colearner.mode", "cml"), ("colearner.gamma", 0.5)])
+    _same_study(Path("maml-s0"), maml, Path("cml-s0"), cml, ("colearner.mode",))
+    other = cml.apply([("colearner.gamma", 0.2)])
+    with pytest.raises(CmlearnError, match="differ in colearner.gamma: not runs of one study"):
+        _same_study(Path("cml-s0"), cml, Path("cml-s1"), other, ("colearner.mode",))

@@ -35,6 +35,13 @@ def test_own_cnn_compares_maml_cml_and_cml_dagger_and_the_shell_reads_its_folder
     report = json.loads(again.splitlines()[0])
     assert [r["method"] for r in report["summary"]] == ["maml", "cml", "cml†"]
     assert report["paired"][0]["method"] == "cml"
+    # the Fig. 3 analyses of a user's CNN, with where each term's gradient enters its map
+    run("-m", "cmlearn", "analyze", out / "maml-s0", out / "cml-s0", "--tasks", "3",
+        "--out", tmp_path / "analysis", cwd=tmp_path)  # fmt: skip
+    analysis = json.loads((tmp_path / "analysis" / "analysis.json").read_text())
+    assert [r["colearner"] for r in analysis["runs"]] == ["none", "cml"]
+    for r in analysis["runs"]:  # its co-learner reads the flattened map: no positions to share
+        assert r["positions"] == {"skipped": "needs the per-task loop and a spatial body output"}
 
 
 @pytest.mark.parametrize("script", ["own_regression.py", "functional_loop.py"])

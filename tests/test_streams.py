@@ -8,6 +8,7 @@ import itertools
 import pytest
 import torch
 
+from cmlearn import CmlearnError
 from cmlearn.app.build import build_learner, build_source
 from cmlearn.app.evaluate import batches, fixed_tasks
 from cmlearn.app.train import meta_gradient, train
@@ -25,7 +26,7 @@ def test_no_two_streams_or_key_tuples_share_a_seed():
     keys = [(1234,), (1234, 0), (1234, 1), (1234, 0, 0), (0, 1234)]
     seeds = [task_seed(s, *k) for s, k in itertools.product(STREAMS, keys)]
     assert len(set(seeds)) == len(seeds)
-    with pytest.raises(ValueError, match="unknown random stream"):
+    with pytest.raises(CmlearnError, match="unknown random stream 'nope'; choose from init, "):
         task_seed("nope", 1)
 
 

@@ -235,10 +235,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CmlearnError(
                 "train needs --preset NAME or --data PKG.MOD:NAME (or --out RUN_DIR --resume)"
             )
-        cfg = _preset_config(args.preset, args.steps, None, [], base=args.preset is None)
+        if args.preset is None:  # your parts: fit's defaults, so the shell trains what fit does
+            from cmlearn.app.config import Config
+            from cmlearn.app.fit import experiment
+
+            _positive("--steps", args.steps)
+            model = args.model or Config().model.name
+            cfg = experiment(model, args.data, **({"steps": args.steps} if args.steps else {}))
+        else:
+            cfg = _preset_config(args.preset, args.steps, None, [])
+            typed = [("data.name", args.data)] if args.data else []
+            cfg = cfg.apply(typed + ([("model.name", args.model)] if args.model else []))
         typed = [("algorithm", args.algorithm)] if args.algorithm else []
-        typed += [("data.name", args.data)] if args.data else []
-        typed += [("model.name", args.model)] if args.model else []
         typed += [("colearner.mode", args.colearner)] if args.colearner else []
         typed += [("train.seed", args.seed)] if args.seed is not None else []
         typed += [("train.log", args.log)] if args.log else []

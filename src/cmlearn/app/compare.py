@@ -209,9 +209,13 @@ def find_runs(
 
 
 def _same_study(run_a: Path, a: Config, run_b: Path, b: Config, allowed: tuple[str, ...]) -> None:
-    """Refuse two runs whose settings differ beyond the seed, ``RECORDING`` and ``allowed``."""
+    """Refuse two runs whose settings differ beyond the seed, ``RECORDING`` and ``allowed``.
+    A run without a co-learner has no use for the co-learner's settings: beside one, those
+    may differ (MAML and CML trained by separate ``fit`` calls with their own defaults)."""
     fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
     skip = ("train.seed", *RECORDING, *allowed)
+    if "none" in (a.colearner.mode, b.colearner.mode):
+        skip += ("colearner.", "train.colearner_lr")
     keys = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
     keys = [k for k in keys if not k.startswith(skip)]
     if keys:

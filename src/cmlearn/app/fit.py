@@ -71,10 +71,13 @@ def experiment(
         cfg = cmlearn.experiment(MyCNN, load_my_data, colearner="cml", steps=2000)
     """
     co_head = colearner_head if isinstance(colearner_head, str) else import_path(colearner_head)
+    model_name = import_path(model)
+    own = ":" in model_name  # a user's part takes ``head``; a registered backbone knows its own
+    model_options = {**(model_options or {})} | ({"head": head} if own or head else {})
     typed: list[tuple[str, Any]] = [
         ("algorithm", algorithm),
         ("data", {"name": import_path(data), "options": dict(data_options or {})}),
-        ("model", {"name": import_path(model), "options": {**(model_options or {}), "head": head}}),
+        ("model", {"name": model_name, "options": model_options}),
         ("task.ways", ways),
         ("task.shots", shots),
         ("task.queries", queries),

@@ -122,7 +122,15 @@ def task_losses(out: Tensor, y: Tensor, loss: str) -> Tensor:
     if loss == "mse":  # one fused op and one backward op (sub, square, flatten took three each)
         return F.mse_loss(out, y, reduction="none").mean(tuple(range(1, out.dim())))
     if loss == "ce":  # labels of any integer dtype (cross_entropy takes int64 class indices)
-        per = F.cross_entropy(out.flatten(0, 1), y.flatten().long(), reduction="none")
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            raise CmlearnError(f"classification labels must be integers, not {y.dtype}")
+        try:
+            per = F.cross_entropy(out.flatten(0, 1), y.flatten().long(), reduction="none")
+        except IndexError:  # on the CPU; a GPU asserts instead
+            raise CmlearnError(
+                f"labels must be class indices in [0, {out.shape[-1]}) for {out.shape[-1]} "
+                "outputs (a task's labels are 0..ways-1)"
+            ) from None
         return per.view(y.shape[0], -1).mean(1)
     raise ValueError(f"unknown loss {loss!r}; choose from {LOSSES}")
 

@@ -9,6 +9,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from cmlearn.core.errors import CmlearnError
+
 
 @dataclass(frozen=True)
 class TaskBatch:
@@ -55,20 +57,20 @@ class TaskBatch:
         )
 
 
-STREAMS = ("init", "colearner", "train", "val", "test", "dropout")
+STREAMS = ("init", "colearner", "train", "val", "test", "dropout", "analysis")
 
 
 def task_seed(stream: str, *keys: int) -> int:
     """A 63-bit seed for ``keys`` (e.g. run seed and step) in the random stream ``stream``.
 
     Every stream (model init, co-learner init, training batches, validation tasks, test tasks,
-    dropout) has its own domain tag, and the key tuple is hashed with its length, so no two
-    streams and no two key tuples can share a seed, whatever the seeds. Meta-batch ``t`` is
+    dropout, post-hoc analyses) has its own domain tag, and the key tuple is hashed with its
+    length, so no two streams and no two key tuples can share a seed, whatever the seeds. Meta-batch ``t`` is
     drawn from its own generator seeded by ``("train", seed, t)``, so a resumed run sees exactly
     the tasks an uninterrupted run would, with no generator state to carry around.
     """
     if stream not in STREAMS:
-        raise ValueError(f"unknown random stream {stream!r}; choose from {STREAMS}")
+        raise CmlearnError(f"unknown random stream {stream!r}; choose from {', '.join(STREAMS)}")
     text = f"cmlearn/{stream}/{len(keys)}/" + "/".join(str(int(k)) for k in keys)
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") >> 1
 
