@@ -65,9 +65,10 @@ def task_seed(stream: str, *keys: int) -> int:
 
     Every stream (model init, co-learner init, training batches, validation tasks, test tasks,
     dropout, post-hoc analyses) has its own domain tag, and the key tuple is hashed with its
-    length, so no two streams and no two key tuples can share a seed, whatever the seeds. Meta-batch ``t`` is
-    drawn from its own generator seeded by ``("train", seed, t)``, so a resumed run sees exactly
-    the tasks an uninterrupted run would, with no generator state to carry around.
+    length, so no two streams and no two key tuples can share a seed, whatever the seeds.
+    Meta-batch ``t`` is drawn from its own generator seeded by ``("train", seed, t)``, so a
+    resumed run sees exactly the tasks an uninterrupted run would, with no generator state to
+    carry around.
     """
     if stream not in STREAMS:
         raise CmlearnError(f"unknown random stream {stream!r}; choose from {', '.join(STREAMS)}")
