@@ -1,4 +1,4 @@
-"""Graph methods (GRAPHS.md §2, §3, §6, §7): the cheap reformulations against the dense
+"""Graph methods (G-Meta, AMM-GNN as TLP-FSNC ran them): the cheap reformulations against the dense
 computation, AMM-GNN's modulation, CML on graphs, early stopping, and a real-data smoke run."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def config(model: str, mode: str = "none", **extra) -> Config:
 
 
 def dense_embedding(graph: Graph, encoder, nodes: Tensor, readout: str, scale=None):
-    """The GCN of GRAPHS.md §2.1/§3.1 the obvious way: dense Â, every node, every subgraph."""
+    """TLP-FSNC's GCN (G-Meta, AMM-GNN) the obvious way: dense Â, every node, every subgraph."""
     a = graph.adjacency.to_dense().double()
     x = graph.features.to_dense().double()
     if scale is not None:
@@ -220,7 +220,7 @@ def test_cml_with_gamma_zero_is_the_base_method_bit_for_bit(model: str) -> None:
 @pytest.mark.parametrize("model", ["gmeta", "ammgnn"])
 def test_first_order_cml_leaves_the_head_gradient_alone(model: str) -> None:
     """First order: θ's gradient is the same with and without the co-learner term; ϕ's
-    gradient scales with γ (GRAPHS.md §6)."""
+    gradient scales with γ (the CML paper's §3 analysis under first order)."""
     src = source(context=4 if model == "ammgnn" else 0)
     batch = src.sample(1, generator("train", 0, 3))
     grads = {}

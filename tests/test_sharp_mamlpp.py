@@ -1,4 +1,5 @@
-"""Sharp-MAML (inner / outer / both SAM) and the complete MAML++ (IMAGES.md §3, §5)."""
+"""Sharp-MAML (inner / outer / both SAM; Abbas et al., ICML 2022) and the complete MAML++
+(Antoniou et al., ICLR 2019, and github.com/AntreasAntoniou/HowToTrainYourMAMLPytorch)."""
 
 from __future__ import annotations
 
@@ -244,7 +245,7 @@ def test_gradient_clamp_bounds_every_element():
 
 # ---------------------------------------------------------------- MAML++: multi-step loss
 
-# IMAGES.md §3.6: N = 5; (E, e) -> (every non-final weight, final weight)
+# N = 5; (E, e) -> (every non-final weight, final weight)
 MSL_TABLE = [
     (15, 0, 0.2, 0.2),
     (15, 1, 0.1867, 0.2533),

@@ -1,8 +1,8 @@
 """Seeded test tasks → per-task scores → mean ± 95% confidence interval; paired comparisons.
 
-A run trained with ``eval.ensemble=k`` is tested as MAML++ tests (IMAGES.md §3.5): each of its
-k best validation checkpoints adapts to every test task, and the mean of their outputs (the
-logits, for classification) is scored.
+A run trained with ``eval.ensemble=k`` is tested as MAML++'s code tests (``top_n_models``):
+each of its k best validation checkpoints adapts to every test task, and the mean of their
+outputs (the logits, for classification) is scored.
 """
 
 from __future__ import annotations
