@@ -4,7 +4,9 @@ Each entry registers itself in the module that defines it, with an options datac
 ``__post_init__`` validates its own fields: an invalid option cannot be constructed, so it is
 checked once, where the entry lives. ``build.py`` only looks names up and assembles. A name
 ``package.module:Name`` that is not registered is the user's own part, imported on first use
-(``cmlearn.app.parts`` installs the importer with ``resolve_user_parts``).
+(``cmlearn.app.parts`` installs the importer with ``resolve_user_parts``). An entry may carry
+facts the application keeps about it (``catalog``: for a dataset, where its files go and how
+to get them); the core stores them and never reads them.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class Entry:
     build: Callable[..., Any]
     options: type
     help: str
+    catalog: object | None = None  # the application's facts about the entry (opaque here)
 
 
 class Registry:
@@ -39,14 +42,16 @@ class Registry:
         self.entries: dict[str, Entry] = {}
 
     def register(
-        self, name: str, options: type = NoOptions, help: str = ""
+        self, name: str, options: type = NoOptions, help: str = "", catalog: object | None = None
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator: ``@MODELS.register("conv4", Conv4Options, "…")`` on a builder."""
+        """Decorator: ``@MODELS.register("conv4", Conv4Options, "…")`` on a builder;
+        ``catalog`` is kept on the entry as given."""
 
         def add(build: Callable[..., Any]) -> Callable[..., Any]:
             if name in self.entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            self.entries[name] = Entry(name, build, options, help or (build.__doc__ or ""))
+            doc = help or (build.__doc__ or "")
+            self.entries[name] = Entry(name, build, options, doc, catalog)
             return build
 
         return add
