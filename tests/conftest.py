@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +15,7 @@ from cmlearn.core.algorithms import InnerRule, algorithm_rule
 from cmlearn.core.cml import CoLearnerSpec
 from cmlearn.core.engine import Learner
 from cmlearn.core.models import MLP, Cooperative, build_colearner
+from cmlearn.core.registry import DATASETS
 from cmlearn.core.tasks import SinusoidFamily
 from cmlearn.core.tasks.batch import generator
 
@@ -72,6 +74,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def recatalog(monkeypatch):
+    """``recatalog(name, **changes)``: for this test, dataset ``name`` is registered with its
+    catalog entry so changed (the registry's entry is replaced, and restored afterwards)."""
+
+    def change(name: str, **changes):
+        entry = DATASETS.entries[name]
+        about = dataclasses.replace(entry.catalog, **changes)
+        monkeypatch.setitem(DATASETS.entries, name, dataclasses.replace(entry, catalog=about))
+        return about
+
+    return change
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from cmlearn import CmlearnError
 from cmlearn.app.cli import main
-from cmlearn.app.data import ClassDataset, ClassSplit
+from cmlearn.app.data import ClassDataset, ClassSplit, graphs
 from cmlearn.app.data import omniglot as og
 from cmlearn.app.data.cache import CACHE_FORMAT, source_key
 from cmlearn.core.registry import DATASETS
@@ -672,12 +672,51 @@ def test_real_omniglot_packaged_splits_and_sampling(
 
 
 def test_the_catalog_lists_every_dataset_read_from_disk_graphs_included():
-    from cmlearn.app.data.catalog import CATALOG
+    from cmlearn.app.data.catalog import catalog_entries
     from cmlearn.core.tasks import SinusoidFamily  # noqa: F401  (registers the synthetic family)
 
     synthetic = {"sinusoid"}
-    assert set(CATALOG) == set(DATASETS.entries) - synthetic
-    assert CATALOG["citeseer"].unit == "nodes" and CATALOG["citeseer"].domain == "graphs"
+    entries = catalog_entries()
+    assert set(entries) == set(DATASETS.entries) - synthetic
+    assert entries["citeseer"].unit == "nodes" and entries["citeseer"].domain == "graphs"
+    assert all(DATASETS.entries[name].catalog is entry for name, entry in entries.items())
+    # listed in the order the readers register (cmlearn.app.data imports them in this order)
+    images = ["omniglot", "miniimagenet", "tieredimagenet", "cifarfs", "fc100", "flower", "cub"]
+    assert list(entries) == images + list(graphs.GRAPHS)
+
+
+def test_a_dataset_registered_with_a_catalog_entry_is_listed(tmp_path: Path, capsys) -> None:
+    """One registry: ``DATASETS.register(..., catalog=entry)`` is all it takes to be listed,
+    checked for and fetched by ``cmlearn data``; catalog.py names no dataset."""
+    from cmlearn.app.data.about import Entry
+
+    def locate(root: Path) -> Path:
+        path = Path(root) / "toy" / "toy.bin"
+        if not path.is_file():
+            raise CmlearnError(f"toy file not found: expected {path}")
+        return path
+
+    about = Entry("toy", "A toy dataset", "toy", locate, (3, 1, 1), manual="make toy/toy.bin")
+    argv = ["data", "list", "--data-root", str(tmp_path)]
+
+    def listed() -> list[str]:
+        assert main(argv) == 0
+        return capsys.readouterr().out.splitlines()
+
+    DATASETS.register("toy", help="a toy", catalog=about)(lambda options, root, cache: None)
+    try:
+        lines = listed()
+        row = next(i for i, line in enumerate(lines) if line.split()[:1] == ["toy"])
+        assert lines[row].split()[1:4] == ["absent", "-", "manual"]
+        assert lines.index("images") < row < lines.index("graphs")  # under its domain
+        (tmp_path / "toy").mkdir()
+        (tmp_path / "toy" / "toy.bin").write_bytes(b"")
+        assert any(line.split()[:2] == ["toy", "ok"] for line in listed())
+        assert main(["data", "fetch", "toy", "--data-root", str(tmp_path)]) == 2
+        assert "toy cannot be downloaded automatically: make toy/toy.bin" in capsys.readouterr().err
+    finally:
+        del DATASETS.entries["toy"]
+    assert not any(line.split()[:1] == ["toy"] for line in listed())
 
 
 def test_data_list_has_headers_and_the_graphs(root: Path, capsys) -> None:
@@ -689,25 +728,19 @@ def test_data_list_has_headers_and_the_graphs(root: Path, capsys) -> None:
 
 
 def test_a_repacked_archive_with_the_right_contents_warns_and_passes(
-    root: Path, cache: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    root: Path, cache: Path, recatalog, capsys
 ) -> None:
-    import dataclasses
-
-    from cmlearn.app.data import catalog
-
     data = load(root, cache)  # the tiny Omniglot: its zips' MD5s are not the published ones
     counts = tuple(
         int(data.pool.counts[data.splits[s].classes].sum()) for s in ("train", "val", "test")
     )
     classes = tuple(len(data.splits[s].classes) for s in ("train", "val", "test"))
-    entry = dataclasses.replace(catalog.CATALOG["omniglot"], classes=classes, images=counts)
-    monkeypatch.setitem(catalog.CATALOG, "omniglot", entry)
+    recatalog("omniglot", classes=classes, images=counts)
     argv = ["data", "check", "omniglot", "--data-root", str(root)]
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert "warning: omniglot/images_background.zip has MD5" in err
     assert "taken as a repacked archive" in err
-    wrong = dataclasses.replace(entry, images=(counts[0] + 1, *counts[1:]))
-    monkeypatch.setitem(catalog.CATALOG, "omniglot", wrong)
+    recatalog("omniglot", images=(counts[0] + 1, *counts[1:]))
     assert main(argv) == 2  # a count that differs is still an error
     assert "images, expected" in capsys.readouterr().err

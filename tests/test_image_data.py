@@ -451,7 +451,7 @@ def test_truncated_npz_is_named(roots, tmp_path):
 
 def test_list_datasets(roots, tmp_path):
     rows = {r["name"]: r for r in catalog.list_datasets(roots.root, tmp_path / "c")}
-    assert set(rows) == set(catalog.CATALOG)
+    assert set(rows) == set(catalog.catalog_entries())
     for name in ("miniimagenet", "tieredimagenet", "cifarfs", "fc100", "flower", "cub"):
         assert rows[name]["present"] and rows[name]["valid"] and not rows[name]["cached"]
     assert not rows["omniglot"]["present"] and rows["omniglot"]["problem"]
@@ -461,7 +461,7 @@ def test_list_datasets(roots, tmp_path):
     assert rows["flower"]["cached"] and not rows["cub"]["cached"]
 
 
-def test_check_dataset_compares_checksums_and_counts(roots, tmp_path, monkeypatch):
+def test_check_dataset_compares_checksums_and_counts(roots, tmp_path, recatalog):
     with pytest.raises(CmlearnError) as err:
         catalog.check_dataset("cifarfs", roots.root, tmp_path / "c")
     text = one_line_error(err)
@@ -474,13 +474,11 @@ def test_check_dataset_compares_checksums_and_counts(roots, tmp_path, monkeypatc
         catalog.KnownFile(f"cifar-100-python/{p}", hashlib.md5((base / p).read_bytes()).hexdigest())
         for p in ("train", "test", "meta")
     )
-    entry = dataclasses.replace(catalog.CATALOG["cifarfs"], files=files, images=(384, 96, 120))
-    monkeypatch.setitem(catalog.CATALOG, "cifarfs", entry)
+    recatalog("cifarfs", files=files, images=(384, 96, 120))
     report = catalog.check_dataset("cifarfs", roots.root, tmp_path / "c")
     assert report["splits"]["val"] == {"classes": 16, "images": 96}
     assert all(f["ok"] and len(f["sha256"]) == 64 for f in report["files"])
-    flower = dataclasses.replace(catalog.CATALOG["flower"], total=306)
-    monkeypatch.setitem(catalog.CATALOG, "flower", flower)
+    recatalog("flower", total=306)
     report = catalog.check_dataset("flower", roots.root, tmp_path / "c", checksums=False)
     assert report["images"] == 306 and report["files"] == []
 
@@ -496,16 +494,15 @@ def cifar_archive(roots, tmp_path):
     return archive, hashlib.md5(archive.read_bytes()).hexdigest()
 
 
-def with_md5(monkeypatch, name: str, md5: str) -> None:
-    entry = catalog.CATALOG[name]
-    download = dataclasses.replace(entry.downloads[0], md5=md5)
-    monkeypatch.setitem(catalog.CATALOG, name, dataclasses.replace(entry, downloads=(download,)))
+def with_md5(recatalog, name: str, md5: str) -> None:
+    download = dataclasses.replace(catalog.get(name).downloads[0], md5=md5)
+    recatalog(name, downloads=(download,))
 
 
-def test_fetch_verifies_and_unpacks(cifar_archive, tmp_path, monkeypatch):
+def test_fetch_verifies_and_unpacks(cifar_archive, tmp_path, recatalog):
     archive, md5 = cifar_archive
     root = tmp_path / "fresh" / "data"
-    with_md5(monkeypatch, "cifarfs", md5)
+    with_md5(recatalog, "cifarfs", md5)
     rows = catalog.fetch_dataset("cifarfs", root, archive.as_uri(), progress=False)
     assert rows[0]["status"] == "fetched"
     assert sorted(p.name for p in root.iterdir()) == ["cifar-100-python"]  # no temporaries
@@ -514,7 +511,7 @@ def test_fetch_verifies_and_unpacks(cifar_archive, tmp_path, monkeypatch):
     assert again[0]["status"] == "present"
 
 
-def test_fetch_with_a_bad_checksum_leaves_nothing(cifar_archive, tmp_path, monkeypatch):
+def test_fetch_with_a_bad_checksum_leaves_nothing(cifar_archive, tmp_path, recatalog):
     archive, md5 = cifar_archive
     root = tmp_path / "fresh" / "data"
     with pytest.raises(CmlearnError) as err:  # the real CIFAR-100 MD5, not the fixture's
@@ -528,7 +525,7 @@ def test_fetch_with_a_bad_checksum_leaves_nothing(cifar_archive, tmp_path, monke
     # a damaged archive with the right MD5: nothing unpacked either
     broken = archive.parent / "broken.tar.gz"
     broken.write_bytes(archive.read_bytes()[:300])
-    with_md5(monkeypatch, "cifarfs", hashlib.md5(broken.read_bytes()).hexdigest())
+    with_md5(recatalog, "cifarfs", hashlib.md5(broken.read_bytes()).hexdigest())
     with pytest.raises(CmlearnError) as err:
         catalog.fetch_dataset("cifarfs", root, broken.as_uri(), progress=False)
     assert "corrupt or truncated" in one_line_error(err)
@@ -567,19 +564,18 @@ def cli(capsys, tmp_path, monkeypatch):
     return run
 
 
-def test_cli_data_list_check_fetch(cli, roots, cifar_archive, tmp_path, monkeypatch):
+def test_cli_data_list_check_fetch(cli, roots, cifar_archive, tmp_path, recatalog):
     code, out, _ = cli("data", "list", "--data-root", str(roots.root))
     assert code == 0 and out.splitlines()[0] == f"data root: {roots.root}"
     line = next(line for line in out.splitlines() if line.startswith("  cub "))
     assert line.split()[1:3] == ["ok", "-"]
     code, out, _ = cli("data", "list", "--json", "--data-root", str(roots.root))
-    assert code == 0 and {r["name"] for r in json.loads(out)} == set(catalog.CATALOG)
+    assert code == 0 and {r["name"] for r in json.loads(out)} == set(catalog.catalog_entries())
 
     code, out, err = cli("data", "check", "flower", "--data-root", str(roots.root))
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith("cmlearn: error: flower in ") and "expected 8189" in err
-    flower = dataclasses.replace(catalog.CATALOG["flower"], total=306)
-    monkeypatch.setitem(catalog.CATALOG, "flower", flower)
+    recatalog("flower", total=306)
     code, out, _ = cli("data", "check", "flower", "--no-checksums", "--data-root", str(roots.root))
     assert (
         code == 0
@@ -593,7 +589,7 @@ def test_cli_data_list_check_fetch(cli, roots, cifar_archive, tmp_path, monkeypa
         "data", "fetch", "fc100", "--url", archive.as_uri(), "--data-root", str(root)
     )
     assert code == 2 and "expected eb9058c3a382ffc7106e4002c42a8d85" in err and not root.exists()
-    with_md5(monkeypatch, "fc100", md5)
+    with_md5(recatalog, "fc100", md5)
     code, out, _ = cli(
         "data", "fetch", "fc100", "--quiet", "--url", archive.as_uri(), "--data-root", str(root)
     )

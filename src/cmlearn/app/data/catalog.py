@@ -8,6 +8,11 @@ torchmeta use), and is unpacked into a temporary folder whose entries are then r
 place: a failed download, a checksum mismatch or a damaged archive leaves nothing behind.
 miniImageNet and tieredImageNet have no licence-clean public URL; their entries say how to get
 them (also ``docs/datasets.md``).
+
+What the catalog knows of a dataset (an ``about.Entry``) is registered with its reader:
+``DATASETS.register(name, options, help, catalog=entry)`` in the reader's module; every
+registered dataset with such an entry is listed here (``catalog_entries``), in the order
+they registered (``cmlearn.app.data`` imports the readers in the order they are listed).
 """
 
 from __future__ import annotations
@@ -20,12 +25,11 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from cmlearn.app.data import cifar, cub, flower, graphs, miniimagenet, omniglot, tieredimagenet
-from cmlearn.app.data.images import SPLITS, need, one_line
+from cmlearn.app.data import graphs  # the package registers every reader first
+from cmlearn.app.data.about import Download, Entry, KnownFile  # noqa: F401  (re-exported)
+from cmlearn.app.data.images import SPLITS, one_line
 from cmlearn.app.progress import Progress
 from cmlearn.core.errors import CmlearnError
 from cmlearn.core.registry import DATASETS
@@ -33,227 +37,17 @@ from cmlearn.core.registry import DATASETS
 BLOCK = 1 << 20
 
 
-@dataclass(frozen=True)
-class Download:
-    """One file to fetch: saved as ``into/file`` or, if ``unpack``, unpacked into ``into``;
-    ``gives`` (relative to the data root) exists once it is in place."""
-
-    file: str
-    url: str
-    md5: str
-    into: str
-    gives: str
-    unpack: bool = False
-
-
-@dataclass(frozen=True)
-class KnownFile:
-    path: str  # relative to the data root
-    md5: str
-
-
-@dataclass(frozen=True)
-class Entry:
-    name: str
-    title: str
-    folder: str  # relative to the data root
-    locate: Callable[[Path], object]  # raises CmlearnError unless the files are complete
-    classes: tuple[int, int, int] | None  # train / val / test (None: no standard split)
-    images: tuple[int, int, int] | None = None  # per split, where published
-    total: int | None = None  # images (nodes) over all splits, where only that is known
-    files: tuple[KnownFile, ...] = ()
-    downloads: tuple[Download, ...] = ()
-    manual: str = ""
-    cache: str = ""  # cache file name prefix
-    other_folders: tuple[str, ...] = ()  # also accepted by the loader
-    unit: str = "images"  # what a class holds: images, or a graph's nodes
-    domain: str = "images"  # the heading it is listed under
-
-    def where(self, root: Path) -> Path:
-        """The folder in use: the first of ``folder``, ``other_folders`` that exists."""
-        found = (Path(root) / f for f in (self.folder, *self.other_folders))
-        return next((f for f in found if f.exists()), Path(root) / self.folder)
-
-
-CIFAR = Download(
-    "cifar-100-python.tar.gz",
-    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-    "eb9058c3a382ffc7106e4002c42a8d85",
-    ".",
-    "cifar-100-python",
-    unpack=True,
-)
-CIFAR_FILES = (
-    KnownFile("cifar-100-python/train", "16019d7e3df5f24257cddd939b257f8d"),
-    KnownFile("cifar-100-python/test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),
-    KnownFile("cifar-100-python/meta", "7973b15100ade9c7d40fb424638fde48"),
-)
-OMNIGLOT_MD5 = {
-    "background": "68d2efa1b9178cc56df9314c21c6e718",
-    "evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
-}
-FLOWER_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
-MINI_MANUAL = (
-    "no licence-clean public download (ImageNet terms). Put one layout in "
-    "<data root>/miniimagenet/: the pickles mini-imagenet-cache-{train,val,test}.pkl "
-    "(renmengye/few-shot-ssl-public; learn2learn fetches them from "
-    "https://zenodo.org/record/7978538), or Ravi & Larochelle's images/ with "
-    "{train,val,test}.csv, or {train,val,test}/<wnid>/*.jpg"
-)
-TIERED_MANUAL = (
-    "no licence-clean public download (ImageNet terms). Unpack tiered-imagenet.tar "
-    "(renmengye/few-shot-ssl-public, as torchmeta and learn2learn download it) or MetaOptNet's "
-    "npz copy into <data root>/tiered_imagenet/: {train,val,test}_labels.pkl with "
-    "{train,val,test}_images.npz or {train,val,test}_images_png.pkl"
-)
-
-
-def _omniglot_locate(root: Path) -> list[Path]:
-    hint = "run 'cmlearn data fetch omniglot'"
-    return [need(p, "Omniglot zip", hint) for p in omniglot.zip_paths(root)]
-
-
-CATALOG: dict[str, Entry] = {
-    "omniglot": Entry(
-        "omniglot",
-        "Omniglot (Lake et al. 2015), Vinyals split ×4 rotations",
-        "omniglot",
-        _omniglot_locate,
-        (4112, 688, 1692),
-        (4112 * 20, 688 * 20, 1692 * 20),
-        files=tuple(KnownFile(f"omniglot/images_{s}.zip", md5) for s, md5 in OMNIGLOT_MD5.items()),
-        downloads=tuple(
-            Download(
-                f"images_{s}.zip",
-                omniglot.URL.format(s),
-                md5,
-                "omniglot",
-                f"omniglot/images_{s}.zip",
-            )
-            for s, md5 in OMNIGLOT_MD5.items()
-        ),
-        cache="omniglot",
-    ),
-    "miniimagenet": Entry(
-        "miniimagenet",
-        "miniImageNet (Vinyals et al. 2016, Ravi & Larochelle split)",
-        "miniimagenet",
-        miniimagenet.locate,
-        (64, 16, 20),
-        (38_400, 9_600, 12_000),
-        manual=MINI_MANUAL,
-        cache="miniimagenet",
-    ),
-    "tieredimagenet": Entry(
-        "tieredimagenet",
-        "tieredImageNet (Ren et al. 2018)",
-        "tiered_imagenet",
-        tieredimagenet.locate,
-        (351, 97, 160),
-        (448_695, 124_261, 206_209),
-        manual=TIERED_MANUAL,
-        cache="tieredimagenet",
-        other_folders=tieredimagenet.FOLDERS[1:],
-    ),
-    "cifarfs": Entry(
-        "cifarfs",
-        "CIFAR-FS (Bertinetto et al. 2019) from CIFAR-100",
-        "cifar-100-python",
-        lambda root: cifar.locate(root, "cifarfs"),
-        (64, 16, 20),
-        (38_400, 9_600, 12_000),
-        files=CIFAR_FILES,
-        downloads=(CIFAR,),
-        cache="cifar100",
-    ),
-    "fc100": Entry(
-        "fc100",
-        "FC100 (Oreshkin et al. 2018) from CIFAR-100",
-        "cifar-100-python",
-        lambda root: cifar.locate(root, "fc100"),
-        (60, 20, 20),
-        (36_000, 12_000, 12_000),
-        files=CIFAR_FILES,
-        downloads=(CIFAR,),
-        cache="cifar100",
-    ),
-    "flower": Entry(
-        "flower",
-        "VGG Flower 102 (Nilsback & Zisserman 2008), Meta-Dataset split",
-        "vgg_flower",
-        flower.locate,
-        (71, 15, 16),
-        total=8_189,
-        files=(KnownFile("vgg_flower/imagelabels.mat", "e0620be6f572b9609742df49c70aed4d"),),
-        downloads=(
-            Download(
-                "102flowers.tgz",
-                FLOWER_URL + "102flowers.tgz",
-                "52808999861908f626f3c1f4e79d11fa",
-                "vgg_flower",
-                "vgg_flower/jpg",
-                unpack=True,
-            ),
-            Download(
-                "imagelabels.mat",
-                FLOWER_URL + "imagelabels.mat",
-                "e0620be6f572b9609742df49c70aed4d",
-                "vgg_flower",
-                "vgg_flower/imagelabels.mat",
-            ),
-        ),
-        cache="flower",
-    ),
-    "cub": Entry(
-        "cub",
-        "CUB-200-2011 (Wah et al. 2011), Chen et al. split",
-        "cub",
-        cub.locate,
-        (100, 50, 50),
-        total=11_788,
-        downloads=(
-            Download(
-                "CUB_200_2011.tgz",
-                "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
-                "97eceeb196236b17998738112f37df78",
-                "cub",
-                "cub/CUB_200_2011",
-                unpack=True,
-            ),
-        ),
-        cache="cub",
-    ),
-}
-
-
-def _graph_entry(name: str, spec: graphs.GraphSpec) -> Entry:
-    """A graph's catalog entry, from the graph reader's own table (``graphs.GRAPHS``): its
-    files, published size and standard class split. The files are downloaded by hand: no
-    checksums of them are recorded here to verify a download against."""
-    paths = graphs.graph_paths(spec, Path("."))
-    urls = ", ".join(graphs.graph_url(spec, p) for p in paths)
-    return Entry(
-        name,
-        f"{spec.title} graph ({spec.nodes:,} nodes, {spec.n_classes} classes)",
-        paths[0].parent.name,
-        lambda root: graphs.locate_graph(name, root),
-        spec.classes,
-        total=spec.nodes,
-        manual=f"download {urls} into <data root>/{paths[0].parent.name}/",
-        cache=f"graph-{name}-",
-        unit="nodes",
-        domain="graphs",
-    )
-
-
-# every dataset a preset reads from disk: the image datasets above and the graphs
-CATALOG |= {name: _graph_entry(name, spec) for name, spec in graphs.GRAPHS.items()}
+def catalog_entries() -> dict[str, Entry]:
+    """Every registered dataset that has a catalog entry (``DATASETS.register(...,
+    catalog=...)``), in the order they registered; read from the registry at each call."""
+    return {n: e.catalog for n, e in DATASETS.entries.items() if e.catalog is not None}
 
 
 def get(name: str) -> Entry:
-    if name not in CATALOG:
-        raise CmlearnError(f"unknown dataset {name!r}; choose from {', '.join(CATALOG)}")
-    return CATALOG[name]
+    entries = catalog_entries()
+    if name not in entries:
+        raise CmlearnError(f"unknown dataset {name!r}; choose from {', '.join(entries)}")
+    return entries[name]
 
 
 # --- list -----------------------------------------------------------------------------------
@@ -264,7 +58,7 @@ def list_datasets(root: Path, cache_dir: Path) -> list[dict]:
     loader needs is there; nothing is read), ``cached`` (a processed cache exists), ``where``,
     ``download`` (automatic or manual) and ``problem`` (why it is not valid)."""
     rows = []
-    for entry in CATALOG.values():
+    for entry in catalog_entries().values():
         where = entry.where(root)
         problem = None
         try:

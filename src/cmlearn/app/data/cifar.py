@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmlearn.app.data.about import Download, Entry, KnownFile
 from cmlearn.app.data.cache import cached
 from cmlearn.app.data.images import (
     SPLITS,
@@ -140,15 +141,60 @@ def _dataset(name: str, options: CifarOptions, root: Path, cache_dir: Path) -> C
     )
 
 
+# --- registration -----------------------------------------------------------------------------
+
+DOWNLOAD = Download(
+    "cifar-100-python.tar.gz",
+    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    "eb9058c3a382ffc7106e4002c42a8d85",
+    ".",
+    "cifar-100-python",
+    unpack=True,
+)
+FILES = (
+    KnownFile("cifar-100-python/train", "16019d7e3df5f24257cddd939b257f8d"),
+    KnownFile("cifar-100-python/test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),
+    KnownFile("cifar-100-python/meta", "7973b15100ade9c7d40fb424638fde48"),
+)
+CIFARFS = Entry(
+    "cifarfs",
+    "CIFAR-FS (Bertinetto et al. 2019) from CIFAR-100",
+    "cifar-100-python",
+    lambda root: locate(root, "cifarfs"),
+    (64, 16, 20),
+    (38_400, 9_600, 12_000),
+    files=FILES,
+    downloads=(DOWNLOAD,),
+    cache="cifar100",
+)
+FC100 = Entry(
+    "fc100",
+    "FC100 (Oreshkin et al. 2018) from CIFAR-100",
+    "cifar-100-python",
+    lambda root: locate(root, "fc100"),
+    (60, 20, 20),
+    (36_000, 12_000, 12_000),
+    files=FILES,
+    downloads=(DOWNLOAD,),
+    cache="cifar100",
+)
+
+
 @DATASETS.register(
-    "cifarfs", CifarOptions, "CIFAR-FS: CIFAR-100, 64/16/20 fine classes of 600 (Bertinetto)"
+    "cifarfs",
+    CifarOptions,
+    "CIFAR-FS: CIFAR-100, 64/16/20 fine classes of 600 (Bertinetto)",
+    catalog=CIFARFS,
 )
 def cifarfs(options: CifarOptions, root: Path, cache_dir: Path) -> ClassDataset:
     return _dataset("cifarfs", options, root, cache_dir)
 
 
 @DATASETS.register(
-    "fc100", CifarOptions, "FC100: CIFAR-100 by superclass, 60/20/20 fine classes (Oreshkin)"
+    "fc100",
+    CifarOptions,
+    "FC100: CIFAR-100 by superclass, 60/20/20 fine classes (Oreshkin)",
+    catalog=FC100,
 )
 def fc100(options: CifarOptions, root: Path, cache_dir: Path) -> ClassDataset:
     return _dataset("fc100", options, root, cache_dir)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cmlearn.app.data.about import Download, Entry
 from cmlearn.app.data.cache import cached
 from cmlearn.app.data.images import (
     SPLITS,
@@ -85,8 +86,34 @@ def read_pool(root: Path, cache_dir: Path, prep: Prep, classes: list[str]) -> di
     return cached(cache_dir, f"cub{prep.size}", key, build)
 
 
+# --- registration -----------------------------------------------------------------------------
+
+ABOUT = Entry(
+    "cub",
+    "CUB-200-2011 (Wah et al. 2011), Chen et al. split",
+    "cub",
+    locate,
+    (100, 50, 50),
+    total=11_788,
+    downloads=(
+        Download(
+            "CUB_200_2011.tgz",
+            "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz",
+            "97eceeb196236b17998738112f37df78",
+            "cub",
+            "cub/CUB_200_2011",
+            unpack=True,
+        ),
+    ),
+    cache="cub",
+)
+
+
 @DATASETS.register(
-    "cub", CubOptions, "CUB-200-2011 birds, 100/50/50 classes (Chen et al.), 84 px centre crop"
+    "cub",
+    CubOptions,
+    "CUB-200-2011 birds, 100/50/50 classes (Chen et al.), 84 px centre crop",
+    catalog=ABOUT,
 )
 def cub(options: CubOptions, root: Path, cache_dir: Path) -> ClassDataset:
     spec, source = packaged_split("cub")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmlearn.app.data.about import Download, Entry, KnownFile
 from cmlearn.app.data.cache import cached
 from cmlearn.app.data.images import (
     SPLITS,
@@ -97,8 +98,43 @@ def read_pool(root: Path, cache_dir: Path, prep: Prep, names: dict[str, str]) ->
     return cached(cache_dir, f"flower{prep.size}", key, build)
 
 
+# --- registration -----------------------------------------------------------------------------
+
+URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+ABOUT = Entry(
+    "flower",
+    "VGG Flower 102 (Nilsback & Zisserman 2008), Meta-Dataset split",
+    "vgg_flower",
+    locate,
+    (71, 15, 16),
+    total=8_189,
+    files=(KnownFile("vgg_flower/imagelabels.mat", "e0620be6f572b9609742df49c70aed4d"),),
+    downloads=(
+        Download(
+            "102flowers.tgz",
+            URL + "102flowers.tgz",
+            "52808999861908f626f3c1f4e79d11fa",
+            "vgg_flower",
+            "vgg_flower/jpg",
+            unpack=True,
+        ),
+        Download(
+            "imagelabels.mat",
+            URL + "imagelabels.mat",
+            "e0620be6f572b9609742df49c70aed4d",
+            "vgg_flower",
+            "vgg_flower/imagelabels.mat",
+        ),
+    ),
+    cache="flower",
+)
+
+
 @DATASETS.register(
-    "flower", FlowerOptions, "VGG Flower 102, 71/15/16 classes (Meta-Dataset split), 32 px"
+    "flower",
+    FlowerOptions,
+    "VGG Flower 102, 71/15/16 classes (Meta-Dataset split), 32 px",
+    catalog=ABOUT,
 )
 def flower(options: FlowerOptions, root: Path, cache_dir: Path) -> ClassDataset:
     spec, source = packaged_split("flower")

@@ -48,6 +48,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
+from cmlearn.app.data.about import Entry
 from cmlearn.app.data.cache import cached, source_key
 from cmlearn.core.errors import CmlearnError
 from cmlearn.core.registry import DATASETS, check
@@ -361,6 +362,28 @@ def _builder(name: str) -> Callable[[GraphOptions, Path, Path], NodeDataset]:
     return build
 
 
+def _about(name: str, spec: GraphSpec) -> Entry:
+    """A graph's catalog entry, from ``GRAPHS``: its files, published size and standard class
+    split. The files are downloaded by hand: no checksums of them are recorded here to verify a
+    download against."""
+    paths = graph_paths(spec, Path("."))
+    urls = ", ".join(graph_url(spec, p) for p in paths)
+    return Entry(
+        name,
+        f"{spec.title} graph ({spec.nodes:,} nodes, {spec.n_classes} classes)",
+        paths[0].parent.name,
+        lambda root: locate_graph(name, root),
+        spec.classes,
+        total=spec.nodes,
+        manual=f"download {urls} into <data root>/{paths[0].parent.name}/",
+        cache=f"graph-{name}-",
+        unit="nodes",
+        domain="graphs",
+    )
+
+
 for _name, _spec in GRAPHS.items():
     _split = "/".join(map(str, _spec.classes)) if _spec.classes else "no standard"
-    DATASETS.register(_name, GraphOptions, f"{_spec.title} ({_split} class split)")(_builder(_name))
+    DATASETS.register(
+        _name, GraphOptions, f"{_spec.title} ({_split} class split)", catalog=_about(_name, _spec)
+    )(_builder(_name))

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmlearn.app.data.about import Entry
 from cmlearn.app.data.cache import cached
 from cmlearn.app.data.images import (
     SPLITS,
@@ -246,10 +247,32 @@ def _from_pickles(layout: Layout, prep: Prep) -> dict:
     return payload
 
 
+# --- registration -----------------------------------------------------------------------------
+
+MANUAL = (
+    "no licence-clean public download (ImageNet terms). Put one layout in "
+    "<data root>/miniimagenet/: the pickles mini-imagenet-cache-{train,val,test}.pkl "
+    "(renmengye/few-shot-ssl-public; learn2learn fetches them from "
+    "https://zenodo.org/record/7978538), or Ravi & Larochelle's images/ with "
+    "{train,val,test}.csv, or {train,val,test}/<wnid>/*.jpg"
+)
+ABOUT = Entry(
+    "miniimagenet",
+    "miniImageNet (Vinyals et al. 2016, Ravi & Larochelle split)",
+    "miniimagenet",
+    locate,
+    (64, 16, 20),
+    (38_400, 9_600, 12_000),
+    manual=MANUAL,
+    cache="miniimagenet",
+)
+
+
 @DATASETS.register(
     "miniimagenet",
     MiniImageNetOptions,
     "miniImageNet, 64/16/20 classes of 600 (pickle, csv or folder layout; no public download)",
+    catalog=ABOUT,
 )
 def miniimagenet(options: MiniImageNetOptions, root: Path, cache_dir: Path) -> ClassDataset:
     layout = locate(root, options.layout)

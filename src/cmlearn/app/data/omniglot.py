@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cmlearn.app.data.about import Download, Entry, KnownFile
 from cmlearn.app.data.cache import cached, source_key
+from cmlearn.app.data.images import need
 from cmlearn.core.errors import CmlearnError
 from cmlearn.core.registry import DATASETS, check
 from cmlearn.core.tasks.pool import ClassDataset, ClassPool, ClassSplit
@@ -194,8 +196,41 @@ def make_split(chars: list[int], rotation: str) -> ClassSplit:
     return ClassSplit(ids, torch.full_like(ids, fill))
 
 
+# --- registration -----------------------------------------------------------------------------
+
+MD5 = {  # of the official zips (the checksums torchvision and torchmeta use)
+    "background": "68d2efa1b9178cc56df9314c21c6e718",
+    "evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
+}
+
+
+def locate(root: Path) -> list[Path]:
+    """The two zips (cheap: nothing is read)."""
+    hint = "run 'cmlearn data fetch omniglot'"
+    return [need(p, "Omniglot zip", hint) for p in zip_paths(root)]
+
+
+ABOUT = Entry(
+    "omniglot",
+    "Omniglot (Lake et al. 2015), Vinyals split ×4 rotations",
+    "omniglot",
+    locate,
+    (4112, 688, 1692),
+    (4112 * 20, 688 * 20, 1692 * 20),
+    files=tuple(KnownFile(f"omniglot/images_{s}.zip", md5) for s, md5 in MD5.items()),
+    downloads=tuple(
+        Download(f"images_{s}.zip", URL.format(s), md5, "omniglot", f"omniglot/images_{s}.zip")
+        for s, md5 in MD5.items()
+    ),
+    cache="omniglot",
+)
+
+
 @DATASETS.register(
-    "omniglot", OmniglotOptions, "Omniglot from the official zips (1,623 characters)"
+    "omniglot",
+    OmniglotOptions,
+    "Omniglot from the official zips (1,623 characters)",
+    catalog=ABOUT,
 )
 def omniglot(options: OmniglotOptions, root: Path, cache_dir: Path) -> ClassDataset:
     pool = read_pool(root, cache_dir, options.image_size)

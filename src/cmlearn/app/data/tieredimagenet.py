@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cmlearn.app.data.about import Entry
 from cmlearn.app.data.images import (
     PROGRESS_FROM,
     SPLITS,
@@ -300,10 +301,32 @@ def _decode_png(path: Path, out: np.ndarray, rows: np.ndarray, size: int) -> Non
     decode_all(sources, Prep(size), f"decoding {path.name}", out, rows, labels)
 
 
+# --- registration -----------------------------------------------------------------------------
+
+MANUAL = (
+    "no licence-clean public download (ImageNet terms). Unpack tiered-imagenet.tar "
+    "(renmengye/few-shot-ssl-public, as torchmeta and learn2learn download it) or MetaOptNet's "
+    "npz copy into <data root>/tiered_imagenet/: {train,val,test}_labels.pkl with "
+    "{train,val,test}_images.npz or {train,val,test}_images_png.pkl"
+)
+ABOUT = Entry(
+    "tieredimagenet",
+    "tieredImageNet (Ren et al. 2018)",
+    "tiered_imagenet",
+    locate,
+    (351, 97, 160),
+    (448_695, 124_261, 206_209),
+    manual=MANUAL,
+    cache="tieredimagenet",
+    other_folders=FOLDERS[1:],
+)
+
+
 @DATASETS.register(
     "tieredimagenet",
     TieredOptions,
     "tieredImageNet, 351/97/160 classes, memory-mapped (16.5 GB cache; no public download)",
+    catalog=ABOUT,
 )
 def tieredimagenet(options: TieredOptions, root: Path, cache_dir: Path) -> ClassDataset:
     layout = locate(root, options.layout)
