@@ -31,7 +31,8 @@ class CoLearnerSpec:
 
     def __post_init__(self) -> None:
         if self.mode not in CO_MODES:
-            raise ValueError(f"unknown co-learner mode {self.mode!r}; choose from {CO_MODES}")
+            choices = ", ".join(CO_MODES)
+            raise ValueError(f"unknown co-learner mode {self.mode!r}; choose from {choices}")
 
     @property
     def active(self) -> bool:
@@ -82,5 +83,5 @@ EVAL_PLANS = {
 
 def eval_plan(mode: str) -> EvalPlan:
     if mode not in EVAL_PLANS:
-        raise ValueError(f"unknown evaluation mode {mode!r}; choose from {EVAL_MODES}")
+        raise ValueError(f"unknown evaluation mode {mode!r}; choose from {', '.join(EVAL_MODES)}")
     return EVAL_PLANS[mode]
