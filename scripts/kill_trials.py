@@ -265,7 +265,7 @@ def probes(run: Path, work: Path, skip: tuple[str, ...] = ()) -> dict[str, str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--kills", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=2000)
@@ -289,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
             "the uninterrupted run"
             + (f" ({', '.join(result['differences'][:5])})" if result["differences"] else "")
         )
+        if args.probes:
+            held = sum(v is None for v in result["probes"].values())
+            print(f"probes: {held} of {len(result['probes'])} hold (each refused in one line; a "
+                  "damaged score cache rescored to the same number)")
     return 0 if not result["differences"] else 1
 
 
