@@ -89,13 +89,13 @@ def dense_embedding(graph: Graph, encoder, nodes: Tensor, readout: str, scale=No
 def test_graph_models_refuse_vmap_and_batched_in_one_line(model: str) -> None:
     """Their forward picks operators by node id on the host, which vmap cannot trace."""
     from cmlearn import CmlearnError
-    from cmlearn.app.build import resolve_strategy
+    from cmlearn.core.engine import resolve_strategy
 
     net = build_learner(config(model), source(context=4 if model == "ammgnn" else 0)).net
     for strategy, message in (("vmap", "cannot run GraphModel.*use loop"), ("batched", "per-task")):
         with pytest.raises(CmlearnError, match=message):
-            resolve_strategy(config(model, **{"train.strategy": strategy}), net)
-    assert resolve_strategy(config(model, **{"train.strategy": "auto"}), net) == "loop"
+            resolve_strategy(strategy, net)
+    assert resolve_strategy("auto", net) == "loop"
 
 
 @pytest.mark.parametrize("density", [0.3, 0.04])  # dense rows Z, and sparse ones

@@ -87,12 +87,12 @@ def test_running_bn_updates_buffers_and_changes_eval():
 
 def test_running_bn_requires_the_loop_strategy():
     from cmlearn import CmlearnError
-    from cmlearn.app.build import resolve_strategy
     from cmlearn.app.config import Config
+    from cmlearn.core.engine import resolve_strategy
 
     cfg = Config().override(["model.name=conv4", "model.bn=running", "train.strategy=vmap"])
     with pytest.raises(CmlearnError, match="loop"):
-        resolve_strategy(cfg, conv_learner(bn="running").net)
+        resolve_strategy(cfg.train.strategy, conv_learner(bn="running").net)
 
 
 def test_pooled_blocks_pool_before_the_relu_with_the_same_derivatives_bit_for_bit():

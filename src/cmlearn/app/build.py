@@ -12,7 +12,6 @@ from cmlearn.app.config import Config
 from cmlearn.app.runtime import Runtime
 from cmlearn.core.cml import CoLearnerSpec
 from cmlearn.core.engine import Learner
-from cmlearn.core.engine import resolve_strategy as engine_strategy
 from cmlearn.core.errors import CmlearnError
 from cmlearn.core.models import Cooperative
 from cmlearn.core.models.cooperative import example_input, feature_shape
@@ -59,7 +58,7 @@ def build_learner(cfg: Config, source: TaskSource, device: torch.device | None =
             f"statistics of {running[0].rsplit('.', 1)[0]} more than once; use transductive "
             "BatchNorm there (model.bn / colearner.head.options.bn) or inner.checkpoint=false"
         )
-    learner = Learner.create(net, cfg.inner, spec, source.loss, resolve_strategy(cfg, net))
+    learner = Learner.create(net, cfg.inner, spec, source.loss, cfg.train.strategy)
     rows = learner.rows()
     if rows is not None and rows != cfg.inner.steps:
         raise CmlearnError(
@@ -75,9 +74,4 @@ def build_learner(cfg: Config, source: TaskSource, device: torch.device | None =
     return learner
 
 
-def resolve_strategy(cfg: Config, net: Cooperative) -> str:
-    """``cfg.train.strategy`` resolved for ``net`` by ``engine.resolve_strategy``."""
-    return engine_strategy(cfg.train.strategy, net)
-
-
-__all__ = ["build_learner", "build_source", "generator", "resolve_strategy"]
+__all__ = ["build_learner", "build_source", "generator"]

@@ -186,17 +186,16 @@ def _preset_config(
     steps: int | None,
     tasks: int | None,
     overrides: list[str],
-    base: bool = False,
     run: Path | None = None,
 ) -> Config:
-    """Preset ``name``'s configuration (or the defaults with ``base``, or run folder
-    ``run``'s) with ``--steps``, ``--tasks`` and the ``--set`` overrides applied."""
-    from cmlearn.app.config import Config, get_preset
+    """Preset ``name``'s configuration (or run folder ``run``'s) with ``--steps``, ``--tasks``
+    and the ``--set`` overrides applied."""
+    from cmlearn.app.config import get_preset
     from cmlearn.app.runs import read_config
 
     _positive("--steps", steps)
     _positive("--tasks", tasks)
-    cfg = read_config(run) if run is not None else Config() if base else get_preset(name)
+    cfg = read_config(run) if run is not None else get_preset(name)
     typed = [("train.steps", steps)] if steps is not None else []
     typed += [("eval.tasks", tasks)] if tasks is not None else []
     return cfg.apply(typed).override(overrides)
