@@ -24,8 +24,8 @@ import numpy as np
 
 from cmlearn import CmlearnError
 from cmlearn.app.compare import gather_runs, score_runs
-from cmlearn.app.evaluate import paired, summarize
 from cmlearn.app.runtime import Runtime
+from cmlearn.app.stats import paired, summarize
 
 
 def folder_scores(

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from cmlearn.app.evaluate import batches, fixed_tasks, paired, summarize
+from cmlearn.app.evaluate import batches, fixed_tasks
+from cmlearn.app.stats import paired, summarize
 from cmlearn.core.tasks import SinusoidSource
 
 

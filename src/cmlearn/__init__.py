@@ -63,8 +63,8 @@ _API: dict[str, str | tuple[str, str]] = {
     "task_scores": "cmlearn.app.fit",
     "compare_methods": ("cmlearn.app.compare", "compare"),
     "format_table": "cmlearn.app.compare",
-    "summarize": "cmlearn.app.evaluate",
-    "paired": "cmlearn.app.evaluate",
+    "summarize": "cmlearn.app.stats",
+    "paired": "cmlearn.app.stats",
 }
 
 __all__ = ["CmlearnError", "Interrupted", *_API]

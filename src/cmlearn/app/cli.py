@@ -278,9 +278,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from cmlearn.app.build import build_source
     from cmlearn.app.config import MAX_EVAL_TASKS
-    from cmlearn.app.evaluate import EvalSpec, fixed_tasks, run_scores, summarize
+    from cmlearn.app.evaluate import EvalSpec, fixed_tasks, run_scores
     from cmlearn.app.progress import counting
     from cmlearn.app.runs import load_run, read_config
+    from cmlearn.app.stats import summarize
 
     _positive("--tasks", args.tasks)
     _positive("--steps", args.steps)

@@ -12,7 +12,7 @@ import numpy as np
 
 from cmlearn.app.build import build_source
 from cmlearn.app.config import Config, _flatten
-from cmlearn.app.evaluate import EvalSpec, fixed_tasks, paired, run_scores, summarize, tasks_digest
+from cmlearn.app.evaluate import EvalSpec, fixed_tasks, run_scores, tasks_digest
 from cmlearn.app.runs import (
     CHECKPOINT,
     CONFIG,
@@ -22,7 +22,7 @@ from cmlearn.app.runs import (
     read_config,
 )
 from cmlearn.app.runtime import Runtime
-from cmlearn.app.stats import compare_pair
+from cmlearn.app.stats import compare_pair, paired, summarize
 from cmlearn.app.train import train
 from cmlearn.core.algorithms import ALGORITHMS
 from cmlearn.core.cml import CO_MODES

@@ -1,4 +1,4 @@
-"""Seeded test tasks → per-task scores → mean ± 95% confidence interval; paired comparisons.
+"""Seeded test tasks → per-task scores (summarised and paired by ``cmlearn.app.stats``).
 
 A run trained with ``eval.ensemble=k`` is tested as MAML++'s code tests (``top_n_models``):
 each of its k best validation checkpoints adapts to every test task, and the mean of their
@@ -26,7 +26,7 @@ from torch import Tensor
 from cmlearn.app.files import atomic_write
 from cmlearn.app.progress import advance
 from cmlearn.app.runs import inference_state, learner_device, read_state
-from cmlearn.app.stats import finite, paired, summarize  # noqa: F401  (public here too)
+from cmlearn.app.stats import finite
 from cmlearn.core.engine import Learner, task_accuracy, task_losses
 from cmlearn.core.errors import CmlearnError
 from cmlearn.core.tasks import TaskBatch, TaskSource
