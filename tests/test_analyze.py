@@ -12,7 +12,12 @@ import torch
 
 from cmlearn import CmlearnError
 from cmlearn.app.analysis import linear_cka
-from cmlearn.app.analysis.records import expand_runs, gradient_series, read_metrics
+from cmlearn.app.analysis.records import (
+    colearner_series,
+    expand_runs,
+    gradient_series,
+    read_metrics,
+)
 from cmlearn.app.analysis.representations import task_activations
 from cmlearn.app.cli import main
 from cmlearn.app.config import Config
@@ -25,6 +30,7 @@ FIGURES = (
     "fig3c_grad_norms.png",
     "fig3d_cka.png",
     "tsne.png",
+    "colearner.png",
 )
 
 
@@ -259,11 +265,114 @@ def test_analyze_an_omniglot_run_says_where_each_term_enters_the_3x3_map(tmp_pat
     2×2 of conv4's 3×3 map, the Conv(2)+FC co-learner all nine positions."""
     run = tmp_path / "cml"
     small = ["--set", "train.val_tasks=2", "--set", "task.meta_batch=2"]
-    assert main(["train", "--preset", "omniglot-5w1s-cpu", "--colearner", "cml", "--steps", "2",
-                 "--out", str(run), "--quiet", *small]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "omniglot-5w1s-cpu",
+                "--colearner",
+                "cml",
+                "--steps",
+                "2",
+                "--out",
+                str(run),
+                "--quiet",
+                *small,
+            ]
+        )
+        == 0
+    )
     assert main(["analyze", str(run), "--tasks", "2", "--out", str(tmp_path / "an")]) == 0
     found = json.loads((tmp_path / "an" / "analysis.json").read_text())["runs"][0]["positions"]
     meta, co = torch.tensor(found["meta"]), torch.tensor(found["co"])
     assert found["shape"] == [3, 3] and found["tasks"] == 64
     assert meta[:2, :2].sum().item() == pytest.approx(1) and (meta[2] == 0).all()
     assert (co > 0).all() and 0 < found["co_share_where_meta_is_zero"] < 1
+
+
+# --- the co-learner over training and per method (issue 19) -----------------------------------
+
+
+def _grads(meta: dict[str, float], co: dict[str, float | None]) -> dict:
+    return {k: {"meta_norm": meta[k], "co_norm": co[k], "cosine": 0.0} for k in meta}
+
+
+def test_colearner_series_shares_by_hand():
+    records = [
+        {"step": 0, "gradients": _grads({"a": 3.0, "b": 4.0}, {"a": 1.0, "b": 0.0})},
+        {"step": 10, "train_loss": 1.0, "train_co_loss": 2.0},
+        {"step": 10, "gradients": _grads({"a": 1.0, "b": 0.0}, {"a": 1.0, "b": 1.0})},
+        {"step": 20, "train_loss": 1.0, "train_co_loss": 0.5},
+    ]
+    found = colearner_series(records)
+    assert found["co_loss"] == {"steps": [10, 20], "values": [2.0, 0.5]}
+    assert found["co_loss_last_tenth"] == 0.5  # the last record of two
+    assert found["share"]["a"]["values"] == [0.25, 0.5]
+    assert found["share"]["b"]["values"] == [0.0, 1.0]
+    # the body: norms over both layers, |meta| = 5 then 1, |co| = 1 then √2
+    body = found["share"]["body"]["values"]
+    assert body == pytest.approx([1 / 6, math.sqrt(2) / (1 + math.sqrt(2))], abs=1e-12)
+    assert found["share_mean"]["a"] == pytest.approx(0.375)
+    maml = [{"step": 0, "gradients": _grads({"a": 3.0}, {"a": None})}]
+    assert "skipped" in colearner_series(maml)  # MAML logs the meta norms only
+
+
+def test_methods_summarise_each_method_over_its_seeds():
+    from scipy import stats
+
+    from cmlearn.app.analysis.report import methods
+
+    def run(mode: str, seed: int, loss: float, unread: float | None) -> dict:
+        co = {"co_loss_last_tenth": loss, "share_mean": {"body": loss / 10}}
+        return {
+            "preset": "p",
+            "algorithm": "maml",
+            "colearner": mode,
+            "seed": seed,
+            "co_term": co if mode != "none" else {"skipped": "no co-learner"},
+            "cka": {"skipped": "--logged-only"},
+            "positions": {"co_share_where_meta_is_zero": unread},
+        }
+
+    found = methods(
+        [
+            run("cml", 0, 1.0, 0.1),
+            run("cml", 1, 2.0, 0.3),
+            run("cml", 2, 4.0, 0.2),
+            run("none", 0, 0.0, None),
+            run("random", 5, 3.0, 0.4),
+        ]
+    )
+    assert [(m["method"], m["seeds"]) for m in found] == [
+        ("maml+cml", [0, 1, 2]),
+        ("maml+none", [0]),
+        ("maml+random", [5]),
+    ]
+    loss = found[0]["over_seeds"]["co_loss_last_tenth"]
+    values = [1.0, 2.0, 4.0]
+    half = stats.t.ppf(0.975, 2) * stats.tstd(values) / math.sqrt(3)
+    assert loss["mean"] == pytest.approx(7 / 3) and loss["ci95"] == pytest.approx(half)
+    assert found[0]["over_seeds"]["co_share_where_meta_is_zero"]["mean"] == pytest.approx(0.2)
+    assert found[1]["over_seeds"] == {}  # MAML: nothing of a co-learner
+    assert found[2]["over_seeds"]["share_mean.body"]["n"] == 1
+
+
+def test_logged_only_reads_the_logs_and_loads_no_model(tiny_cfg, tmp_path, capsys, monkeypatch):
+    from cmlearn.app.analysis import report
+
+    runs = []
+    for mode in ("cml", "random"):
+        runs.append(tmp_path / mode)
+        cfg = tiny_cfg.override([f"colearner.mode={mode}", "train.analysis_every=10"])
+        train(cfg, runs[-1], progress=False)
+    monkeypatch.setattr(report, "load_run", None)  # would fail if called
+    out = tmp_path / "out"
+    assert main(["analyze", *map(str, runs), "--out", str(out), "--logged-only"]) == 0
+    text = capsys.readouterr().out
+    assert "maml+cml (seeds 0): late L^c" in text and "maml+random (seeds 0)" in text
+    assert (out / "colearner.png").stat().st_size > 0
+    assert not (out / "fig3d_cka.png").exists()
+    found = json.loads((out / "analysis.json").read_text())
+    assert [r["cka"] for r in found["runs"]] == [{"skipped": "--logged-only"}] * 2
+    assert all(r["co_term"]["co_loss"]["steps"] for r in found["runs"])

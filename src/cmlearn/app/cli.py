@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -144,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
     an.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run or compare folders")
     an.add_argument("--out", type=_folder, help="output folder (default: FIRST_RUN/analysis)")
     an.add_argument("--tasks", type=_integer, help="test tasks for CKA (default: 100)")
+    an.add_argument(
+        "--logged-only",
+        action="store_true",
+        help="only what training logged (curves, gradients, L^c): loads no model",
+    )
     _runtime_args(an)
 
     pr = sub.add_parser("presets", help="list the presets")
@@ -446,7 +452,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from cmlearn.app.analysis.report import DEFAULT_TASKS, analyze
 
     _positive("--tasks", args.tasks)
-    report = analyze(args.runs, args.out, args.tasks or DEFAULT_TASKS, _runtime(args))
+    report = analyze(
+        args.runs,
+        args.out,
+        args.tasks or DEFAULT_TASKS,
+        _runtime(args),
+        logged_only=args.logged_only,
+    )
     out = Path(report["out"])
     for run in report["runs"]:
         cka = run["cka"]
@@ -456,11 +468,32 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             else ", ".join(f"{k} {v:.3f}" for k, v in cka["mean"].items())
         )
         print(f"{run['label']}: CKA before/after adaptation: {text}")
+    for method in report["methods"]:
+        if line := _method_line(method):
+            print(line)
     names = [out / name for name in report["figures"].values()]
     print("analysis: " + ", ".join(str(p) for p in [out / "analysis.json", *names]))
     for name, why in report["skipped_figures"].items():
         print(f"not drawn: {name} ({why})")
     return 0
+
+
+def _method_line(method: dict) -> str:
+    """One method's co-learner numbers over its seeds (mean ± 95 % t over seeds), or ''."""
+    stats = method["over_seeds"]
+    shown = {
+        "co_loss_last_tenth": "late L^c",
+        "share_mean.body": "co share of the body gradient",
+        "co_share_where_meta_is_zero": "co share on positions the head never reads",
+    }
+    parts = []
+    for key, name in shown.items():
+        if key in stats:
+            s = stats[key]
+            spread = f" ± {s['ci95']:.3f}" if math.isfinite(s["ci95"]) else ""
+            parts.append(f"{name} {s['mean']:.3f}{spread}")
+    seeds = ",".join(map(str, method["seeds"]))
+    return f"{method['method']} (seeds {seeds}): " + "; ".join(parts) if parts else ""
 
 
 def cmd_presets(args: argparse.Namespace) -> int:

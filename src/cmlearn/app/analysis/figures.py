@@ -22,8 +22,9 @@ SKIPPED = {  # why each figure may have nothing to show
     "validation_figure": "no validation records",
     "cosine_figure": NO_GRADIENTS,
     "grad_norm_figure": NO_GRADIENTS,
-    "cka_figure": "no CKA: no run has a saved model",
+    "cka_figure": "no CKA: --logged-only, or no run has a saved model",
     "tsne_figure": "no t-SNE: not asked for, or no run has a saved model",
+    "colearner_figure": "no co-learner term logged (no co-learner, or train.analysis_every=0)",
 }
 
 
@@ -176,6 +177,74 @@ def tsne_figure(runs: list[dict], path: Path) -> Path | None:
             ax.set_axis_off()
     fig.suptitle("t-SNE of adapted query features (colour: class or target)")
     return _save(fig, path)
+
+
+def colearner_figure(runs: list[dict], path: Path) -> Path | None:
+    """The co-learner over training, one colour per method (its seeds thin, their mean thick):
+    the training L^c, the co-term's share of the gradient into the whole body, and that share
+    per body layer averaged over training (bars: mean over seeds, whiskers: min to max)."""
+    logged = [r for r in runs if "skipped" not in r["co_term"]]
+    if not logged:
+        return _skip(path)
+    groups: dict[str, list[dict]] = {}
+    presets = {r["preset"] for r in logged}
+    for run in logged:
+        name = f"{run['algorithm']}+{run['colearner']}"
+        groups.setdefault(f"{run['preset']}: {name}" if len(presets) > 1 else name, []).append(run)
+    layers = _layer_union(r["co_term"]["share_mean"] for r in logged)
+    fig, axes = plt.subplots(1, 3, figsize=(15.0, 3.8), width_ratios=(1, 1, 1.3))
+    width = 0.8 / len(groups)
+    for i, (name, members) in enumerate(groups.items()):
+        colour = f"C{i % 10}"
+        for ax, series in zip(
+            axes[:2],
+            (
+                [r["co_term"]["co_loss"] for r in members],
+                [r["co_term"]["share"].get("body") for r in members],
+            ),
+            strict=True,
+        ):
+            _seed_lines(ax, [s for s in series if s and s["steps"]], colour, name)
+        means = np.array(
+            [[_nan(r["co_term"]["share_mean"].get(k)) for k in layers] for r in members]
+        )
+        centre = np.nanmean(means, 0) if len(members) else means
+        ax = axes[2]
+        x = np.arange(len(layers)) + (i - (len(groups) - 1) / 2) * width
+        ax.bar(x, centre, width, color=colour, label=f"{name} ({len(members)} runs)")
+        if len(members) > 1:
+            low, high = np.nanmin(means, 0), np.nanmax(means, 0)
+            ax.errorbar(x, centre, [centre - low, high - centre], fmt="none", ecolor="k", lw=0.8)
+    axes[0].set_ylabel("training L^c")
+    axes[0].set_yscale("log")
+    readable_axes(axes[0], log_y=True)
+    axes[1].set_ylabel("co share of body gradient")
+    readable_axes(axes[1])
+    for ax in axes[:2]:
+        ax.set_xlabel("meta-iteration")
+        if ax.get_legend_handles_labels()[0]:  # a method whose seeds logged different steps
+            ax.legend(fontsize=8)
+    axes[2].set_xticks(np.arange(len(layers)), layers, rotation=30, fontsize=8)
+    axes[2].set_ylabel("co share, mean over training")
+    axes[2].legend(fontsize=8)
+    fig.suptitle(
+        "The co-learner's loss and its share ‖γ∇L^c‖ / (‖∇L^m‖ + ‖γ∇L^c‖) of the body gradient"
+    )
+    return _save(fig, path)
+
+
+def _seed_lines(ax, series: list[dict], colour: str, label: str) -> None:
+    """One thin line per seed and, where every seed logged the same steps, their mean thick."""
+    for s in series:
+        ax.plot(s["steps"], s["values"], color=colour, lw=0.6, alpha=0.35)
+    if series and all(s["steps"] == series[0]["steps"] for s in series):
+        ax.plot(
+            series[0]["steps"],
+            np.nanmean([s["values"] for s in series], 0),
+            color=colour,
+            lw=1.8,
+            label=label,
+        )
 
 
 def _layer_union(maps) -> list[str]:

@@ -125,6 +125,51 @@ def gradient_series(records: list[dict], path: Path | str = METRICS) -> dict:
     }
 
 
+def colearner_series(records: list[dict], path: Path | str = METRICS) -> dict:
+    """The co-learner's side of training: the logged training L^c at each log step and, at each
+    analysis step, the co-term's share of the gradient into the body,
+    ``‖γ∇L^c‖ / (‖∇L^m‖ + ‖γ∇L^c‖)``, per layer and for the whole body (its norms are the root
+    of the layers' summed squares). 0 means the co-learner adds nothing, ½ as much as the
+    meta-loss. ``skipped`` for a run without a co-learner term."""
+    losses = [
+        (r["step"], _number(r["train_co_loss"], "train_co_loss", path))
+        for r in records
+        if "train_co_loss" in r
+    ]
+    layers = {
+        name: series
+        for name, series in gradient_series(records, path).get("layers", {}).items()
+        if not any(math.isnan(c) for c in series["co_norm"])  # MAML logs the meta norms only
+    }
+    if not losses and not layers:
+        return {"skipped": "no co-learner term logged (no co-learner, or train.analysis_every=0)"}
+    share = {
+        name: {"steps": s["steps"], "values": list(map(_share, s["meta_norm"], s["co_norm"]))}
+        for name, s in layers.items()
+    }
+    steps = [s["steps"] for s in layers.values()]
+    if steps and all(s == steps[0] for s in steps):
+        meta, co = (
+            [math.hypot(*at) for at in zip(*(s[k] for s in layers.values()), strict=True)]
+            for k in ("meta_norm", "co_norm")
+        )
+        share = {"body": {"steps": steps[0], "values": list(map(_share, meta, co))}, **share}
+    tail = [v for _, v in losses[-max(1, len(losses) // 10) :]]
+    return {
+        "co_loss": {"steps": [s for s, _ in losses], "values": [v for _, v in losses]},
+        "co_loss_last_tenth": _mean(tail) if tail else math.nan,
+        "share": share,
+        "share_mean": {name: _mean(s["values"]) for name, s in share.items()},
+        "note": "share = |gamma grad L^c| / (|grad L^m| + |gamma grad L^c|) into the body; "
+        "co_loss_last_tenth: mean of the last tenth of the logged training L^c",
+    }
+
+
+def _share(meta: float, co: float) -> float:
+    total = meta + co
+    return co / total if total > 0 else math.nan
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

@@ -403,10 +403,6 @@ def check_pipeline(pipeline: PerImagePipeline, source: ClassificationSource) -> 
             )
 
 
-
-
-
-
 def goal_entry(value: float | None, op: str, target: float) -> dict[str, Any]:
     met = None if value is None else bool(value >= target if op == ">=" else value <= target)
     return {"value": value, "goal": f"{op} {target:g}", "met": met}
