@@ -456,6 +456,27 @@ def test_a_full_disk_at_start_is_one_line_and_leaves_no_lock(tmp_path, monkeypat
     assert not run.exists()  # neither the folder nor an empty .lock is left
 
 
+def test_a_start_the_data_refuses_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    """Refused while building the data (too few examples per class, say): the folder goes,
+    or an empty one it was given is left empty, and the same command then starts cleanly."""
+    from cmlearn.app import train as training
+
+    real = training.build_source
+
+    def refuse(*args):
+        raise CmlearnError("omniglot: 1 shots + 20 queries = 21 examples per class, but 20")
+
+    monkeypatch.setattr(training, "build_source", refuse)
+    new, given = tmp_path / "new", tmp_path / "given"
+    given.mkdir()
+    for run in (new, given):
+        assert main(_train_argv(str(run))) == 2
+        assert "21 examples per class" in _one_line(capsys.readouterr().err)
+    assert not new.exists() and list(given.iterdir()) == []
+    monkeypatch.setattr(training, "build_source", real)
+    assert main(_train_argv(str(new))) == 0 and (new / CHECKPOINT).exists()
+
+
 def _train_argv(out: str) -> list[str]:
     return ["train", "--preset", "sinusoid-5shot-cpu", "--steps", "2", "--quiet", "--out", out]
 

@@ -133,6 +133,14 @@ class RunFolder:
                 f"{self.path} is not empty and holds no cmlearn run; choose an empty or new --out"
             )
 
+    def unstart(self, existed: bool) -> None:
+        """Undo a start refused before its first checkpoint: its ``config.json`` and lock go,
+        and the folder too where this start created it, so the same command can run again."""
+        for name in (CONFIG, LOCK):
+            (self.path / name).unlink(missing_ok=True)
+        if not existed:
+            _remove_if_empty(self.path)
+
     def read_config(self) -> Config:
         return read_config(self.path)
 

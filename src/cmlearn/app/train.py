@@ -298,12 +298,20 @@ def train(
     """
     folder = RunFolder(out)
     runtime = runtime or Runtime()
+    existed, had_config = folder.path.exists(), (folder.path / CONFIG).exists()
     with _StopFlag() as stop, join(runtime.device) as dist:
         if dist.main:
             folder.claim(resume)
         with folder.lock() if dist.main else nullcontext():
             runtime = dist.runtime(runtime)
-            run = _open(cfg, folder, resume, runtime, dist)
+            try:
+                run = _open(cfg, folder, resume, runtime, dist)
+            except Interrupted:
+                raise  # stopped while loading: the folder stays, to be resumed
+            except CmlearnError:  # refused (the data, the model): leave no half-started folder
+                if dist.main and not had_config and not folder.has_checkpoint():
+                    folder.unstart(existed)
+                raise
             if explain and dist.main and run.resume:
                 _say_if_finished(run)
             return _loop(run, progress, should_stop, step_fn, stop)
