@@ -137,7 +137,7 @@ class Conv4Options:
     def __post_init__(self) -> None:
         check(0 < self.channels <= 4096, "model.channels must be in [1, 4096]")
         check(0 < self.blocks <= 8, "model.blocks must be in [1, 8]")
-        check(self.bn in BN_MODES, f"model.bn must be one of {BN_MODES}")
+        check(self.bn in BN_MODES, f"model.bn must be one of {', '.join(BN_MODES)}")
         check(0 <= self.extra <= 16, "model.extra must be in [0, 16]")
         check(0 <= self.bn_steps <= 10_000, "model.bn_steps must be in [0, 10000]")
         check(0 <= self.head_convs <= 8, "model.head_convs must be in [0, 8]")

@@ -361,7 +361,7 @@ class GCNOptions:
     def __post_init__(self) -> None:
         check(0 < self.hidden <= 100_000, "model.hidden must be a positive width")
         check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
-        check(self.init in INITS, f"model.init must be one of {INITS}")
+        check(self.init in INITS, f"model.init must be one of {', '.join(INITS)}")
 
 
 @dataclass(frozen=True)

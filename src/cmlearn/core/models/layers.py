@@ -181,7 +181,7 @@ def norm(channels: int, bn: str = "transductive", bn_steps: int = 0) -> nn.Modul
     paper's intent). γ starts at 1 and β at 0 in every case.
     """
     if bn not in BN_MODES:
-        raise ValueError(f"unknown BatchNorm mode {bn!r}; choose from {BN_MODES}")
+        raise ValueError(f"unknown BatchNorm mode {bn!r}; choose from {', '.join(BN_MODES)}")
     if bn_steps:
         return StepBatchNorm2d(channels, bn_steps, track_running_stats=bn == "running")
     return nn.BatchNorm2d(channels, track_running_stats=bn == "running")

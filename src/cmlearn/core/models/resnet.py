@@ -184,7 +184,7 @@ class ResNet12Options:
     def __post_init__(self) -> None:
         check(len(self.widths) == 4, "model.widths must list 4 block widths")
         check(all(0 < w <= 4096 for w in self.widths), "model.widths must be in [1, 4096]")
-        check(self.bn in BN_MODES, f"model.bn must be one of {BN_MODES}")
+        check(self.bn in BN_MODES, f"model.bn must be one of {', '.join(BN_MODES)}")
         check(0 <= self.bn_steps <= 10_000, "model.bn_steps must be in [0, 10000]")
         check(0.0 <= self.drop_rate < 1.0, "model.drop_rate must be in [0, 1)")
         check(0 < self.block_size <= 64, "model.block_size must be in [1, 64]")
