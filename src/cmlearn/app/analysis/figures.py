@@ -211,7 +211,13 @@ def colearner_figure(runs: list[dict], path: Path) -> Path | None:
         centre = np.nanmean(means, 0) if len(members) else means
         ax = axes[2]
         x = np.arange(len(layers)) + (i - (len(groups) - 1) / 2) * width
-        ax.bar(x, centre, width, color=colour, label=f"{name} ({len(members)} runs)")
+        ax.bar(
+            x,
+            centre,
+            width,
+            color=colour,
+            label=f"{name} ({len(members)} run{'s' * (len(members) > 1)})",
+        )
         if len(members) > 1:
             low, high = np.nanmin(means, 0), np.nanmax(means, 0)
             ax.errorbar(x, centre, [centre - low, high - centre], fmt="none", ecolor="k", lw=0.8)
