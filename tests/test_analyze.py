@@ -265,24 +265,8 @@ def test_analyze_an_omniglot_run_says_where_each_term_enters_the_3x3_map(tmp_pat
     2×2 of conv4's 3×3 map, the Conv(2)+FC co-learner all nine positions."""
     run = tmp_path / "cml"
     small = ["--set", "train.val_tasks=2", "--set", "task.meta_batch=2"]
-    assert (
-        main(
-            [
-                "train",
-                "--preset",
-                "omniglot-5w1s-cpu",
-                "--colearner",
-                "cml",
-                "--steps",
-                "2",
-                "--out",
-                str(run),
-                "--quiet",
-                *small,
-            ]
-        )
-        == 0
-    )
+    assert main(["train", "--preset", "omniglot-5w1s-cpu", "--colearner", "cml", "--steps", "2",
+                 "--out", str(run), "--quiet", *small]) == 0  # fmt: skip
     assert main(["analyze", str(run), "--tasks", "2", "--out", str(tmp_path / "an")]) == 0
     found = json.loads((tmp_path / "an" / "analysis.json").read_text())["runs"][0]["positions"]
     meta, co = torch.tensor(found["meta"]), torch.tensor(found["co"])
@@ -305,7 +289,7 @@ def test_colearner_series_shares_by_hand():
         {"step": 10, "gradients": _grads({"a": 1.0, "b": 0.0}, {"a": 1.0, "b": 1.0})},
         {"step": 20, "train_loss": 1.0, "train_co_loss": 0.5},
     ]
-    found = colearner_series(records)
+    found = colearner_series(records, gradient_series(records))
     assert found["co_loss"] == {"steps": [10, 20], "values": [2.0, 0.5]}
     assert found["co_loss_last_tenth"] == 0.5  # the last record of two
     assert found["share"]["a"]["values"] == [0.25, 0.5]
@@ -314,8 +298,8 @@ def test_colearner_series_shares_by_hand():
     body = found["share"]["body"]["values"]
     assert body == pytest.approx([1 / 6, math.sqrt(2) / (1 + math.sqrt(2))], abs=1e-12)
     assert found["share_mean"]["a"] == pytest.approx(0.375)
-    maml = [{"step": 0, "gradients": _grads({"a": 3.0}, {"a": None})}]
-    assert "skipped" in colearner_series(maml)  # MAML logs the meta norms only
+    maml = [{"step": 0, "gradients": _grads({"a": 3.0}, {"a": None})}]  # meta norms only
+    assert "skipped" in colearner_series(maml, gradient_series(maml))
 
 
 def test_methods_summarise_each_method_over_its_seeds():

@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+from cmlearn.app.analysis.records import NO_CO_TERM  # noqa: E402
+
 NO_GRADIENTS = "no gradient records (train.analysis_every=0, or no co-learner)"
 SKIPPED = {  # why each figure may have nothing to show
     "validation_figure": "no validation records",
@@ -24,7 +26,7 @@ SKIPPED = {  # why each figure may have nothing to show
     "grad_norm_figure": NO_GRADIENTS,
     "cka_figure": "no CKA: --logged-only, or no run has a saved model",
     "tsne_figure": "no t-SNE: not asked for, or no run has a saved model",
-    "colearner_figure": "no co-learner term logged (no co-learner, or train.analysis_every=0)",
+    "colearner_figure": NO_CO_TERM,
 }
 
 
@@ -208,7 +210,7 @@ def colearner_figure(runs: list[dict], path: Path) -> Path | None:
         means = np.array(
             [[_nan(r["co_term"]["share_mean"].get(k)) for k in layers] for r in members]
         )
-        centre = np.nanmean(means, 0) if len(members) else means
+        centre = np.nanmean(means, 0)
         ax = axes[2]
         x = np.arange(len(layers)) + (i - (len(groups) - 1) / 2) * width
         ax.bar(

@@ -125,12 +125,16 @@ def gradient_series(records: list[dict], path: Path | str = METRICS) -> dict:
     }
 
 
-def colearner_series(records: list[dict], path: Path | str = METRICS) -> dict:
+NO_CO_TERM = "no co-learner term logged (no co-learner, or train.analysis_every=0)"
+
+
+def colearner_series(records: list[dict], gradients: dict, path: Path | str = METRICS) -> dict:
     """The co-learner's side of training: the logged training L^c at each log step and, at each
     analysis step, the co-term's share of the gradient into the body,
     ``‖γ∇L^c‖ / (‖∇L^m‖ + ‖γ∇L^c‖)``, per layer and for the whole body (its norms are the root
     of the layers' summed squares). 0 means the co-learner adds nothing, ½ as much as the
-    meta-loss. ``skipped`` for a run without a co-learner term."""
+    meta-loss. ``gradients`` is ``gradient_series(records)``. ``skipped`` for a run without a
+    co-learner term."""
     losses = [
         (r["step"], _number(r["train_co_loss"], "train_co_loss", path))
         for r in records
@@ -138,11 +142,11 @@ def colearner_series(records: list[dict], path: Path | str = METRICS) -> dict:
     ]
     layers = {
         name: series
-        for name, series in gradient_series(records, path).get("layers", {}).items()
+        for name, series in gradients.get("layers", {}).items()
         if not any(math.isnan(c) for c in series["co_norm"])  # MAML logs the meta norms only
     }
     if not losses and not layers:
-        return {"skipped": "no co-learner term logged (no co-learner, or train.analysis_every=0)"}
+        return {"skipped": NO_CO_TERM}
     share = {
         name: {"steps": s["steps"], "values": list(map(_share, s["meta_norm"], s["co_norm"]))}
         for name, s in layers.items()

@@ -115,16 +115,15 @@ def _analyse_run(
         "colearner": cfg.colearner.mode,
         "seed": cfg.train.seed,
         "validation": validation_curve(records, run.path / METRICS),
-        "gradients": gradient_series(records, run.path / METRICS),
-        "co_term": colearner_series(records, run.path / METRICS),
     }
-    skipped = (
-        "--logged-only"
-        if not load
-        else None
-        if (run.path / MODEL).exists()
-        else f"no {MODEL} yet: training saves it at its first validation"
-    )
+    gradients = gradient_series(records, run.path / METRICS)
+    result["gradients"] = gradients
+    result["co_term"] = colearner_series(records, gradients, run.path / METRICS)
+    skipped = None
+    if not load:
+        skipped = "--logged-only"
+    elif not (run.path / MODEL).exists():
+        skipped = f"no {MODEL} yet: training saves it at its first validation"
     if skipped:
         return result | {"cka": {"skipped": skipped}, "tsne": {"skipped": skipped}}
     cfg, learner = load_run(run.path, runtime=runtime)
@@ -165,12 +164,8 @@ def methods(results: list[dict]) -> list[dict]:
     for (preset, algorithm, mode), runs in groups.items():
         numbers: dict[str, list[float]] = {}
         for run in runs:
-            co, cka = run["co_term"], run["cka"]
-            found = {
-                "co_share_where_meta_is_zero": run.get("positions", {}).get(
-                    "co_share_where_meta_is_zero"
-                )
-            }
+            co, cka, positions = run["co_term"], run["cka"], run.get("positions", {})
+            found = {"co_share_where_meta_is_zero": positions.get("co_share_where_meta_is_zero")}
             if "skipped" not in co:
                 found["co_loss_last_tenth"] = co["co_loss_last_tenth"]
                 found |= {f"share_mean.{k}": v for k, v in co["share_mean"].items()}
