@@ -291,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.probes:
             held = sum(v is None for v in result["probes"].values())
-            print(f"probes: {held} of {len(result['probes'])} hold (each refused in one line; a "
-                  "damaged score cache rescored to the same number)")
+            print(
+                f"probes: {held} of {len(result['probes'])} hold (each refused in one line; a "
+                "damaged score cache rescored to the same number)"
+            )
     return 0 if not result["differences"] else 1
 
 
