@@ -22,6 +22,7 @@ import torch.distributed as tdist
 
 from cmlearn import CmlearnError, Interrupted
 from cmlearn.app.config import Config
+from cmlearn.app.distributed import exit_process
 from cmlearn.app.train import outer_step, train
 from cmlearn.core.engine import Learner
 
@@ -87,4 +88,4 @@ def main(path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    exit_process(main(sys.argv[1]))  # as `cmlearn` ranks end: no teardown abort after success

@@ -8,11 +8,10 @@ def run() -> None:
     """Ctrl-C before ``main`` takes over (even inside the first imports, on a busy machine)
     ends the process at once with the conventional status 130, without a traceback."""
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
-    import sys
-
     from cmlearn.app.cli import main
+    from cmlearn.app.distributed import exit_process
 
-    sys.exit(main())
+    exit_process(main())
 
 
 if __name__ == "__main__":
