@@ -21,8 +21,8 @@ from pathlib import Path
 import torch.distributed as tdist
 
 from cmlearn import CmlearnError, Interrupted
+from cmlearn.app.cli import exit_process
 from cmlearn.app.config import Config
-from cmlearn.app.distributed import exit_process
 from cmlearn.app.train import outer_step, train
 from cmlearn.core.engine import Learner
 

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from cmlearn.core.errors import CmlearnError, Interrupted
 
@@ -609,6 +609,19 @@ def _world() -> int:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
         return 1
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with ``code``. A torchrun rank skips the interpreter's teardown:
+    there a thread that gloo left behind can abort the process (SIGABRT, "terminate called
+    without an active exception") after the rank's work is saved and its group left, and
+    torchrun would then report a finished run as failed. Files are closed by then; only
+    the standard streams need flushing."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if _world() > 1:
+        os._exit(code)
+    sys.exit(code)
 
 
 def _import_heavy() -> None:

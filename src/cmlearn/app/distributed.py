@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as tdist
@@ -232,19 +232,6 @@ def join(device: torch.device) -> Iterator[Distributed]:
     finally:
         if ok or backend == "gloo":  # NCCL after a failed collective: leave it to the exit
             tdist.destroy_process_group()
-
-
-def exit_process(code: int) -> NoReturn:
-    """End this process with ``code``. A torchrun rank skips the interpreter's teardown:
-    there a thread that gloo left behind can abort the process (SIGABRT, "terminate called
-    without an active exception") after the rank's work is saved and its group left, and
-    torchrun would then report a finished run as failed. Files are closed by then; only
-    the standard streams need flushing."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
-        os._exit(code)
-    sys.exit(code)
 
 
 def strip_nproc(argv: Sequence[str]) -> list[str]:
